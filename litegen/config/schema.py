@@ -1,0 +1,239 @@
+"""Typed schemas for everything except model families (see model.py).
+
+Each dataclass yields `(field, message)` pairs from `problems()`; `validate.py` prefixes the
+dotted path, adds cross-section checks and raises one ConfigError listing them all.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+from omegaconf import MISSING
+
+Problems = Iterator[tuple[str, str]]
+
+
+def _positive(obj: Any, *names: str) -> Problems:
+    for name in names:
+        if getattr(obj, name) <= 0:
+            yield name, f"must be > 0, got {getattr(obj, name)}"
+
+
+def _one_of(obj: Any, name: str, choices: tuple[str, ...]) -> Problems:
+    if getattr(obj, name) not in choices:
+        yield name, f"must be one of {list(choices)}, got {getattr(obj, name)!r}"
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "rectified_flow"
+
+    def problems(self) -> Problems:
+        return iter(())
+
+
+@dataclass
+class RectifiedFlowConfig(ObjectiveConfig):
+    """Flow matching: x_t = (1 - t) x0 + t noise, target v = noise - x0, t=1 is pure noise."""
+
+    name: str = "rectified_flow"
+    timestep_sampling: str = "logit_normal"  # logit_normal | uniform
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    train_shift: float = 1.0  # SD3-style shift applied to sampled t (>1 favours noisier t)
+    sample_shift: float = 3.0  # shift of the Euler sampler's time grid
+
+    def problems(self) -> Problems:
+        yield from _one_of(self, "timestep_sampling", ("logit_normal", "uniform"))
+        yield from _positive(self, "logit_std", "train_shift", "sample_shift")
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | constant (after warmup)
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+    grad_clip_norm: float = 1.0  # <= 0 disables clipping
+
+    def problems(self) -> Problems:
+        yield from _one_of(self, "name", ("adamw",))
+        yield from _one_of(self, "schedule", ("cosine", "constant"))
+        yield from _positive(self, "lr", "eps")
+        if self.warmup_steps < 0:
+            yield "warmup_steps", f"must be >= 0, got {self.warmup_steps}"
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            yield "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}"
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            yield "betas", f"must be two values in [0, 1), got {self.betas}"
+
+
+@dataclass
+class SampleConfig:
+    """The clip generated from the EMA weights at the end of training."""
+
+    enabled: bool = True
+    prompts: list[str] = field(default_factory=lambda: ["a red circle moving right on a blue background"])
+    frames: int = 8  # pixel frames
+    height: int = 32
+    width: int = 32
+    fps: int = 8
+    steps: int = 30
+    guidance_scale: float = 4.0
+    seed: int = 0
+    format: str = "gif"  # gif | mp4
+
+    def problems(self) -> Problems:
+        yield from _positive(self, "frames", "height", "width", "fps", "steps")
+        yield from _one_of(self, "format", ("gif", "mp4"))
+        if not self.prompts:
+            yield "prompts", "needs at least one prompt"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    seed: int = 0
+    grad_accum_steps: int = 1
+    mixed_precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    ema_decay: float = 0.999  # 0 disables EMA
+    caption_dropout: float = 0.1  # probability a caption is replaced by "" (for CFG)
+    ckpt_every_steps: int = 500
+    keep_last_k: int = 3  # 0 keeps every checkpoint
+    log_every_steps: int = 10
+    peak_tflops: Optional[float] = None  # per device, for MFU; None: spec table (CUDA) / measured (CPU)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def problems(self) -> Problems:
+        yield from _positive(self, "steps", "grad_accum_steps", "ckpt_every_steps", "log_every_steps")
+        yield from _one_of(self, "mixed_precision", ("auto", "bf16", "fp32"))
+        if not 0.0 <= self.ema_decay < 1.0:
+            yield "ema_decay", f"must be in [0, 1), got {self.ema_decay}"
+        if not 0.0 <= self.caption_dropout < 1.0:
+            yield "caption_dropout", f"must be in [0, 1), got {self.caption_dropout}"
+        if self.keep_last_k < 0:
+            yield "keep_last_k", f"must be >= 0, got {self.keep_last_k}"
+
+
+@dataclass
+class SyntheticDataConfig:
+    """The procedurally rendered default dataset (moving shapes with captions)."""
+
+    num_clips: int = 2048
+    clips_per_shard: int = 256
+    # Pixel clip shapes to render, as [frames, height, width]; several aspect ratios and lengths.
+    shapes: list[list[int]] = field(default_factory=lambda: [[8, 32, 32], [8, 32, 48], [8, 48, 32], [12, 32, 32]])
+    fps: int = 8
+    seed: int = 1234
+
+    def problems(self) -> Problems:
+        yield from _positive(self, "num_clips", "clips_per_shard", "fps")
+        if not self.shapes or any(len(s) != 3 or min(s) < 1 for s in self.shapes):
+            yield "shapes", f"must be a non-empty list of [frames, height, width], got {self.shapes}"
+
+
+@dataclass
+class DataConfig:
+    # WebDataset shard spec: a path, glob or brace range, relative to the working directory.
+    shards: str = "data/shapes/shard-*.tar"
+    # If no shard matches `shards`, render the synthetic dataset into `generate_dir` first.
+    generate_if_missing: bool = True
+    generate_dir: str = "data/shapes"
+    synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    batch_size: int = 8  # clips per micro-batch per data-parallel rank (one bucket per batch)
+    num_workers: int = 0
+    shuffle_buffer: int = 64  # samples; 0 disables in-shard shuffling
+    seed: int = 0
+
+    def problems(self) -> Problems:
+        yield from _positive(self, "batch_size")
+        if self.num_workers < 0:
+            yield "num_workers", f"must be >= 0, got {self.num_workers}"
+        if self.shuffle_buffer < 0:
+            yield "shuffle_buffer", f"must be >= 0, got {self.shuffle_buffer}"
+
+
+@dataclass
+class VideoEncoderConfig:
+    """Frozen pixel <-> latent codec. `pixel`: exact space-to-depth; `diffusers`: AutoencoderKL*."""
+
+    kind: str = "pixel"  # pixel | diffusers
+    spatial_factor: int = 2  # pixel: each latent holds a factor x factor block of pixels
+    temporal_factor: int = 1  # pixel: consecutive frames folded into channels
+    path: Optional[str] = None  # diffusers: local folder with config.json (+ weights)
+    subfolder: Optional[str] = None  # diffusers: e.g. "vae" inside a pipeline folder
+    dtype: str = "fp32"  # fp32 | bf16 | fp16
+
+    def problems(self) -> Problems:
+        yield from _one_of(self, "kind", ("pixel", "diffusers"))
+        yield from _one_of(self, "dtype", ("fp32", "bf16", "fp16"))
+        yield from _positive(self, "spatial_factor", "temporal_factor")
+        if self.kind == "diffusers" and not self.path:
+            yield "path", "the diffusers video VAE needs a local folder (encoders.video.path=...)"
+
+
+@dataclass
+class TextEncoderConfig:
+    """Frozen caption encoder. `hashed`: deterministic word hashing; `t5`: transformers T5/UMT5."""
+
+    kind: str = "hashed"  # hashed | t5
+    dim: int = 64  # hashed: embedding width (t5: taken from the model)
+    max_length: int = 32  # tokens; longer captions are truncated
+    path: Optional[str] = None  # t5: local folder with the encoder and tokenizer
+    dtype: str = "fp32"
+
+    def problems(self) -> Problems:
+        yield from _one_of(self, "kind", ("hashed", "t5"))
+        yield from _one_of(self, "dtype", ("fp32", "bf16", "fp16"))
+        yield from _positive(self, "dim", "max_length")
+        if self.kind == "t5" and not self.path:
+            yield "path", "the t5 text encoder needs a local folder (encoders.text.path=...)"
+
+
+@dataclass
+class EncodersConfig:
+    video: VideoEncoderConfig = field(default_factory=VideoEncoderConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+
+
+@dataclass
+class ParallelConfig:
+    backend: str = "ddp"  # ddp (the reference data-parallel backend)
+    dp_replicate: int = 1
+    dp_shard: int = -1  # -1: the rest of the world
+    sp_ring: int = 1
+    sp_ulysses: int = 1
+    dist_backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+    timeout_s: int = 600  # collective timeout; a dead rank surfaces as an error after this
+
+    def problems(self) -> Problems:
+        yield from _one_of(self, "backend", ("ddp",))
+        yield from _one_of(self, "dist_backend", ("auto", "nccl", "gloo"))
+        yield from _positive(self, "dp_replicate", "sp_ring", "sp_ulysses", "timeout_s")
+        if self.dp_shard == 0 or self.dp_shard < -1:
+            yield "dp_shard", f"must be >= 1 or -1 (the rest of the world), got {self.dp_shard}"
+
+
+@dataclass
+class LoggingConfig:
+    wandb_mode: str = "offline"  # offline | online | disabled
+    wandb_project: str = "litegen"
+
+    def problems(self) -> Problems:
+        yield from _one_of(self, "wandb_mode", ("offline", "online", "disabled"))
+
+
+@dataclass
+class LiteGenConfig:
+    run_name: str = "tiny"
+    model: Any = MISSING  # a ModelConfig subclass chosen by the model/ group
+    objective: Any = MISSING  # an ObjectiveConfig subclass chosen by the objective/ group
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    encoders: EncodersConfig = field(default_factory=EncodersConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)

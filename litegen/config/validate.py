@@ -1,0 +1,63 @@
+"""Turn a composed DictConfig into typed dataclasses and check every field and cross-field rule."""
+
+import dataclasses
+from typing import Any, Iterator
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from litegen.config.errors import ConfigError
+from litegen.config.schema import LiteGenConfig
+
+
+def field_problems(node: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """Every (dotted.path, message) reported by `problems()` of node and its nested dataclasses."""
+    if hasattr(node, "problems"):
+        for name, msg in node.problems():
+            yield prefix + name, msg
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from field_problems(value, f"{prefix}{f.name}.")
+
+
+def _shape_problems(path: str, frames: int, height: int, width: int, cfg: LiteGenConfig):
+    """A pixel clip shape must map to whole latent patches."""
+    video, patch = cfg.encoders.video, cfg.model.patch_size
+    if video.kind != "pixel":
+        return  # real VAEs have their own (checked at build) shape rules
+    t_unit, s_unit = video.temporal_factor * patch[0], video.spatial_factor
+    if frames % t_unit or height % (s_unit * patch[1]) or width % (s_unit * patch[2]):
+        yield path, (f"clip {frames}x{height}x{width} (frames x height x width) must divide into "
+                     f"encoder x patch units of {t_unit}x{s_unit * patch[1]}x{s_unit * patch[2]}")
+
+
+def cross_problems(cfg: LiteGenConfig) -> Iterator[tuple[str, str]]:
+    """Rules that span sections: encoder widths must match the model's inputs."""
+    video, text, model = cfg.encoders.video, cfg.encoders.text, cfg.model
+    if video.kind == "pixel":
+        channels = 3 * video.spatial_factor**2 * video.temporal_factor
+        if model.in_channels != channels or model.out_channels != channels:
+            yield "model.in_channels", (
+                f"the pixel encoder (spatial_factor={video.spatial_factor}, temporal_factor="
+                f"{video.temporal_factor}) gives {channels} latent channels: set "
+                f"model.in_channels={channels} model.out_channels={channels}")
+    if text.kind == "hashed" and model.text_dim != text.dim:
+        yield "model.text_dim", f"must equal encoders.text.dim={text.dim}, got {model.text_dim}"
+    s = cfg.train.sample
+    yield from _shape_problems("train.sample", s.frames, s.height, s.width, cfg)
+    for i, shape in enumerate(cfg.data.synthetic.shapes):
+        if len(shape) == 3:
+            yield from _shape_problems(f"data.synthetic.shapes[{i}]", *shape, cfg)
+
+
+def to_typed(cfg: DictConfig) -> LiteGenConfig:
+    """Resolve interpolations, build dataclasses, validate; raise ConfigError naming each field."""
+    try:
+        typed = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError([(getattr(e, "full_key", "?") or "?", str(e).splitlines()[0])]) from None
+    problems = list(field_problems(typed)) + list(cross_problems(typed))
+    if problems:
+        raise ConfigError(problems)
+    return typed
