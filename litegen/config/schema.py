@@ -128,9 +128,13 @@ class SyntheticDataConfig:
     shapes: list[list[int]] = field(default_factory=lambda: [[8, 32, 32], [8, 32, 48], [8, 48, 32], [12, 32, 32]])
     fps: int = 8
     seed: int = 1234
+    # Stored latent precision. fp16 halves the dataset; pixel-encoder latents still round back
+    # to the exact uint8 pixels (fp16 error < half a pixel level).
+    latent_dtype: str = "fp16"  # fp32 | bf16 | fp16
 
     def problems(self) -> Problems:
         yield from _positive(self, "num_clips", "clips_per_shard", "fps")
+        yield from _one_of(self, "latent_dtype", ("fp32", "bf16", "fp16"))
         if not self.shapes or any(len(s) != 3 or min(s) < 1 for s in self.shapes):
             yield "shapes", f"must be a non-empty list of [frames, height, width], got {self.shapes}"
 

@@ -1,0 +1,162 @@
+"""Wan 2.1-style video DiT: 3D-RoPE self-attention, text cross-attention, adaLN-zero modulation.
+
+Module and parameter names follow the original Wan repo (Wan-Video/Wan2.1, wan/modules/model.py)
+so its checkpoints load by key; the math is written here, not copied.
+"""
+
+import hashlib
+import math
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from litegen.config.model import WanConfig
+from litegen.models.embeddings import (sinusoidal_embedding, text_mlp, time_mlp, token_grid,
+                                       unpatchify)
+from litegen.models.layers import (CrossAttention, LayerNorm32, SelfAttention, feed_forward,
+                                   gated_residual, modulate)
+from litegen.models.plan import ModelPlan
+from litegen.models.rope import RotaryEmbedding3D, grid_positions
+
+PLAN = ModelPlan(
+    blocks="blocks",
+    self_attention="self_attn.core",
+    cross_attention="cross_attn.core",
+    embeddings=("patch_embedding", "text_embedding", "time_embedding", "time_projection"),
+    head="head",
+)
+
+
+class WanAttentionBlock(nn.Module):
+    """norm1 -> modulated self-attn (gated), norm3 -> cross-attn, norm2 -> modulated FFN (gated)."""
+
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        dim, eps = cfg.dim, cfg.eps
+        self.norm1 = LayerNorm32(dim, eps=eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(dim, cfg.num_heads, cfg.qk_norm, eps)
+        self.norm3 = LayerNorm32(dim, eps=eps) if cfg.cross_attn_norm else nn.Identity()
+        self.cross_attn = CrossAttention(dim, cfg.num_heads, cfg.qk_norm, eps)
+        self.norm2 = LayerNorm32(dim, eps=eps, elementwise_affine=False)
+        self.ffn = feed_forward(dim, cfg.ffn_dim)
+        # Per-block offset to the shared time projection: shift, scale, gate for attn then ffn.
+        self.modulation = nn.Parameter(torch.empty(1, 6, dim))
+
+    def forward(self, x: Tensor, e: Tensor, context: Tensor, context_mask: Tensor,
+                rope: Tensor) -> Tensor:
+        """x [B, S, dim]; e [B, 6, dim] projected time; context [B, L, dim]; mask [B, L] bool."""
+        shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (
+            self.modulation.float() + e.float()).chunk(6, dim=1)
+        x = gated_residual(x, self.self_attn(modulate(self.norm1, x, shift_sa, scale_sa), rope), gate_sa)
+        x = x + self.cross_attn(self.norm3(x), context, context_mask)
+        return gated_residual(x, self.ffn(modulate(self.norm2, x, shift_ff, scale_ff)), gate_ff)
+
+
+class WanHead(nn.Module):
+    """Final norm, time-modulated (shift, scale), projection to out_channels * prod(patch)."""
+
+    def __init__(self, dim: int, out_features: int, eps: float):
+        super().__init__()
+        self.norm = LayerNorm32(dim, eps=eps, elementwise_affine=False)
+        self.head = nn.Linear(dim, out_features)
+        self.modulation = nn.Parameter(torch.empty(1, 2, dim))
+
+    def forward(self, x: Tensor, e: Tensor) -> Tensor:
+        """x [B, S, dim]; e [B, dim] time embedding (before the 6-way projection)."""
+        shift, scale = (self.modulation.float() + e.float().unsqueeze(1)).chunk(2, dim=1)
+        return self.head(modulate(self.norm, x, shift, scale))
+
+
+class WanDiT(nn.Module):
+    """forward(x [B, C, T, H, W], t [B] in [0, 1], context [B, L, text_dim], mask [B, L])."""
+
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_size = tuple(cfg.patch_size)
+        self.patch_embedding = nn.Conv3d(cfg.in_channels, cfg.dim, self.patch_size, self.patch_size)
+        self.text_embedding = text_mlp(cfg.text_dim, cfg.dim)
+        self.time_embedding = time_mlp(cfg.freq_dim, cfg.dim)
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
+        self.rope = RotaryEmbedding3D(cfg.head_dim, cfg.rope_theta)
+        self.blocks = nn.ModuleList(WanAttentionBlock(cfg) for _ in range(cfg.num_layers))
+        self.head = WanHead(cfg.dim, cfg.out_channels * math.prod(self.patch_size), cfg.eps)
+
+    def embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int, int]]:
+        """Latents -> tokens [B, S, dim] (row-major over frames, rows, cols) and their grid."""
+        grid = token_grid(x.shape[2:], self.patch_size)
+        return self.patch_embedding(x).flatten(2).transpose(1, 2), grid
+
+    def embed_time(self, t: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """t [B] -> (e [B, dim] for the head, e6 [B, 6, dim] for the blocks)."""
+        freqs = sinusoidal_embedding(t.float() * self.cfg.timestep_scale, self.cfg.freq_dim)
+        e = self.time_embedding(freqs.to(dtype))
+        return e, self.time_projection(e).unflatten(1, (6, -1))
+
+    def forward(self, x: Tensor, t: Tensor, context: Tensor, context_mask: Tensor) -> Tensor:
+        """Prediction [B, out_channels, T, H, W] in x's dtype.
+
+        x's dtype is the compute dtype (pass it in the parameters' dtype, or run under autocast);
+        Pass t in float32 (keep mixed-precision input casting off it): bf16 rounds t*1000 to
+        steps of up to 4.
+        context_mask [B, L] bool, True = real text token (at least one per row).
+        """
+        tokens, grid = self.embed(x)
+        rope = self.rope(grid_positions(grid, device=x.device))
+        e, e6 = self.embed_time(t, x.dtype)
+        ctx = self.text_embedding(context)
+        for block in self.blocks:
+            tokens = block(tokens, e6, ctx, context_mask, rope)
+        return unpatchify(self.head(tokens, e), grid, self.patch_size).to(x.dtype)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int, write: Optional[Callable[[nn.Parameter, Tensor], None]] = None):
+        """Fill every parameter from (seed, parameter name): same values on any device or layout.
+
+        Values are drawn full-size on CPU; `write(param, value)` stores them (default: copy_).
+        litegen/parallel passes a writer that keeps only the local shard of a sharded parameter.
+        """
+        write = write or (lambda param, value: param.copy_(value))
+        for module_name, module in self.named_modules():
+            for param_name, param in module.named_parameters(recurse=False):
+                name = canonical_name(f"{module_name}.{param_name}")
+                write(param, initial_value(module, name, tuple(param.shape), seed))
+
+
+def canonical_name(name: str) -> str:
+    """Drop wrapper components (`_checkpoint_wrapped_module`, `_orig_mod`, ...) from a name.
+
+    Checkpoint wrappers and torch.compile insert them; stripping keeps init (and thus the seed ->
+    weights mapping) identical whether or not the model was wrapped first.
+    """
+    return ".".join(part for part in name.split(".") if part and not part.startswith("_"))
+
+
+def _generator(seed: int, name: str) -> torch.Generator:
+    # sha256 rather than hash(): Python salts str hashes per process, ranks must agree.
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def _xavier_uniform(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
+    # Conv weights are treated as flattened [out, in * kernel] linears, as Wan initialises them.
+    fan_out, fan_in = shape[0], math.prod(shape[1:])
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
+    return torch.empty(shape).uniform_(-bound, bound, generator=gen)
+
+
+def initial_value(module: nn.Module, name: str, shape: tuple[int, ...], seed: int) -> Tensor:
+    """Wan's init for one parameter, as a float32 CPU tensor of `shape`."""
+    gen = _generator(seed, name)
+    if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+        return torch.ones(shape) if name.endswith("weight") else torch.zeros(shape)
+    if isinstance(module, (nn.Linear, nn.Conv3d)):
+        if name.endswith("bias") or name == "head.head.weight":  # zero head: a fresh model predicts 0
+            return torch.zeros(shape)
+        if name.startswith(("text_embedding.", "time_embedding.")):
+            return torch.empty(shape).normal_(0.0, 0.02, generator=gen)
+        return _xavier_uniform(shape, gen)
+    if name.endswith("modulation"):
+        return torch.randn(shape, generator=gen) / math.sqrt(shape[-1])
+    raise ValueError(f"no init rule for parameter {name!r} of {type(module).__name__}")

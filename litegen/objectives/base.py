@@ -1,0 +1,37 @@
+"""The seam between network and training objective: `objective.loss(model, latents, cond, gen)`."""
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Cond:
+    """Conditioning passed to the network alongside the noised latents."""
+
+    context: torch.Tensor  # [B, L, D] text embeddings
+    context_mask: torch.Tensor  # [B, L] bool, True = real token
+
+    def __len__(self) -> int:
+        return self.context.shape[0]
+
+    def cat(self, other: "Cond") -> "Cond":
+        """Stack two conditions along the batch (conditional + unconditional CFG pass)."""
+        return Cond(torch.cat([self.context, other.context]),
+                    torch.cat([self.context_mask, other.context_mask]))
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor  # scalar, what backward() is called on
+    metrics: dict[str, float] = field(default_factory=dict)  # detached extras for logging
+
+
+class Objective(Protocol):
+    def loss(self, model: nn.Module, latents: torch.Tensor, cond: Cond,
+             generator: torch.Generator) -> LossOutput: ...
+
+    def sample(self, model: nn.Module, noise: torch.Tensor, cond: Cond, null_cond: Cond,
+               steps: int, guidance_scale: float) -> torch.Tensor: ...

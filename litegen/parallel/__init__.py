@@ -1,0 +1,1 @@
+"""Parallelism applied from outside the model: mesh, data/sequence parallel, sharding, memory."""

@@ -1,0 +1,3 @@
+from litegen.train.main import main
+
+main()

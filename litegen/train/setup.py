@@ -1,0 +1,173 @@
+"""Build everything a run needs from a validated config (the long part; the loop stays short)."""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from litegen.config import LiteGenConfig
+from litegen.data.generate import generate_synthetic_dataset
+from litegen.data.loader import build_loader, expand_shards
+from litegen.encoders import build_text_encoder, build_video_encoder
+from litegen.models import build_model, count_params
+from litegen.objectives import Cond, build_objective
+from litegen.parallel.dims import ParallelDims
+from litegen.parallel.distributed import DistInfo, barrier
+from litegen.parallel.parallelize import parallelize
+from litegen.train.checkpoint import Checkpointer, ModelOptimState
+from litegen.train.conditioning import encode_captions
+from litegen.train.ema import EMA
+from litegen.train.lr import build_scheduler
+from litegen.train.metrics import Meter, MetricsWriter
+from litegen.train.mfu import peak_tflops
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    cfg: LiteGenConfig
+    run_dir: Path
+    dist: DistInfo
+    dims: ParallelDims
+    net: nn.Module  # the plain network (sampling, EMA, FLOPs)
+    model: nn.Module  # what forward/backward go through (parallel wrappers applied)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: Optional[EMA]
+    objective: Any
+    video_encoder: Any
+    text_encoder: Any
+    loader: Any
+    null_cond: Cond
+    checkpointer: Checkpointer
+    meter: Meter
+    metrics: Optional[MetricsWriter] = None
+    peak_source: str = ""
+    step: int = 0  # optimizer steps completed
+
+    @property
+    def dp_rank(self) -> int:
+        return self.dims.dp_rank(self.dist.rank)
+
+    def autocast_dtype(self) -> Optional[torch.dtype]:
+        mode = self.cfg.train.mixed_precision
+        if mode == "bf16" or (mode == "auto" and self.dist.device.type == "cuda"):
+            return torch.bfloat16
+        return None
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything resumable, one key per stateful piece; per-rank pieces keyed by rank."""
+        state = {"train": ModelOptimState(self.model, self.optimizer),
+                 "lr_schedule": self.scheduler, "trainer": Progress(self),
+                 f"data.dp_rank{self.dp_rank}": self.loader,
+                 f"rng.rank{self.dist.rank}": RngState()}
+        if self.ema is not None:
+            state["ema"] = self.ema
+        return state
+
+
+class Progress:
+    """The trainer's own counters."""
+
+    def __init__(self, run: Run):
+        self.run = run
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.run.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.run.step = int(state["step"])
+
+
+class RngState:
+    """Global torch RNG streams (per-step randomness is derived from the step and needs none)."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        torch.set_rng_state(state["cpu"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])
+
+
+def ensure_dataset(cfg: LiteGenConfig, dist_info: DistInfo, video_encoder) -> None:
+    """Render the default dataset on first use (rank 0), everyone else waits for it."""
+    if expand_shards(cfg.data.shards, must_exist=False) or not cfg.data.generate_if_missing:
+        return
+    if dist_info.is_main:
+        print(f"no shards match {cfg.data.shards!r}: generating the synthetic dataset into "
+              f"{cfg.data.generate_dir}", flush=True)
+        generate_synthetic_dataset(cfg.data.synthetic, Path(cfg.data.generate_dir), video_encoder)
+    barrier()
+
+
+def build_network(cfg: LiteGenConfig, device: torch.device) -> nn.Module:
+    """Build on meta (no memory for the full-size configs), materialise on device, seed-init."""
+    with torch.device("meta"):
+        net = build_model(cfg.model)
+    net.to_empty(device=device)
+    net.init_weights(cfg.train.seed)
+    return net
+
+
+def build_optimizer(model: nn.Module, cfg: LiteGenConfig) -> torch.optim.Optimizer:
+    o = cfg.optim
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=o.lr,
+                             betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+
+
+def build_run(cfg: LiteGenConfig, run_dir: Path, dist_info: DistInfo) -> Run:
+    dims = ParallelDims.from_config(cfg.parallel, dist_info.world_size)
+    device = dist_info.device
+    video_encoder = build_video_encoder(cfg.encoders.video, device=device)
+    text_encoder = build_text_encoder(cfg.encoders.text, device=device)
+    ensure_dataset(cfg, dist_info, video_encoder)
+    net = build_network(cfg, device)
+    model = parallelize(net, dims, device)
+    optimizer = build_optimizer(model, cfg)
+    peak, peak_source = peak_tflops(device, cfg.train.peak_tflops)
+    return Run(
+        cfg=cfg, run_dir=run_dir, dist=dist_info, dims=dims, net=net, model=model,
+        optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.optim, cfg.train.steps),
+        ema=EMA(net, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None,
+        objective=build_objective(cfg.objective), video_encoder=video_encoder,
+        text_encoder=text_encoder,
+        loader=build_loader(cfg.data, dims.dp_rank(dist_info.rank), dims.dp,
+                            expected_signature=video_encoder.signature()),
+        null_cond=encode_captions(text_encoder, [""], device),
+        checkpointer=Checkpointer(run_dir / "checkpoints", cfg.train.keep_last_k, dist_info),
+        meter=Meter(dist_info, peak), peak_source=peak_source)
+
+
+def resume_if_possible(run: Run) -> Optional[Path]:
+    """Load the newest complete checkpoint of this run directory, if any."""
+    latest = run.checkpointer.latest()
+    if latest is None:
+        return None
+    _, path = latest
+    run.checkpointer.load(path, run.checkpoint_state())
+    return path
+
+
+def describe(run: Run) -> dict[str, Any]:
+    cfg = run.cfg
+    return {
+        "run dir": str(run.run_dir),
+        "model": f"{cfg.model.name} ({cfg.model.family}), {count_params(run.net) / 1e6:.2f}M params",
+        "objective": cfg.objective.name,
+        "layout": f"world {run.dist.world_size} = dp {run.dims.dp} x sp {run.dims.sp} "
+                  f"({cfg.parallel.backend}) on {run.dist.device.type}",
+        "batch": f"{cfg.data.batch_size} clips/rank x {cfg.train.grad_accum_steps} accum "
+                 f"x {run.dims.dp} dp",
+        "data": cfg.data.shards,
+        "peak for MFU": f"{run.meter.peak_tflops:.2f} TFLOP/s ({run.peak_source})"
+                        if run.meter.peak_tflops else run.peak_source,
+    }

@@ -1,0 +1,104 @@
+"""The training loop: train() -> train_step() -> forward_backward(). Setup lives in setup.py."""
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+from litegen.models import train_flops_per_sample
+from litegen.parallel.distributed import barrier
+from litegen.train import console
+from litegen.train.conditioning import batch_cond
+from litegen.train.rng import step_generator
+from litegen.train.setup import Run
+from litegen.train.sampling import generate_sample
+
+
+def tokens_per_sample(latent_shape: tuple[int, ...], patch: list[int]) -> int:
+    _, t, h, w = latent_shape
+    return (t // patch[0]) * (h // patch[1]) * (w // patch[2])
+
+
+def forward_backward(run: Run, batch: dict, generator: torch.Generator, scale: float) -> torch.Tensor:
+    """One micro-batch: conditioning, objective loss, backward. Returns the detached loss."""
+    device = run.dist.device
+    cond = batch_cond(batch, run.text_encoder, run.cfg.train.caption_dropout, generator,
+                      run.null_cond, device)
+    latents = batch["latents"].to(device, non_blocking=True)
+    dtype = run.autocast_dtype()
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        out = run.objective.loss(run.model, latents, cond, generator)
+    (out.loss * scale).backward()
+    shape = tuple(latents.shape[1:])
+    flops = train_flops_per_sample(run.cfg.model, shape, cond.context.shape[1]) * latents.shape[0]
+    run.meter.add_micro(out.loss.detach(), latents.shape[0],
+                        tokens_per_sample(shape, run.cfg.model.patch_size) * latents.shape[0], flops)
+    return out.loss.detach()
+
+
+def train_step(run: Run, batches: Iterator[dict]) -> torch.Tensor:
+    """One optimizer step over grad_accum_steps micro-batches; returns the pre-clip grad norm."""
+    accum = run.cfg.train.grad_accum_steps
+    run.optimizer.zero_grad(set_to_none=True)
+    for micro in range(accum):
+        gen = step_generator(run.cfg.train.seed, run.dist.rank, run.step, micro, run.dist.device)
+        # DDP all-reduces gradients only on the last micro-batch of the step.
+        last = micro == accum - 1
+        sync = contextlib.nullcontext() if last or not hasattr(run.model, "no_sync") else run.model.no_sync()
+        with sync:
+            forward_backward(run, next(batches), gen, 1.0 / accum)
+    clip = run.cfg.optim.grad_clip_norm
+    params = [p for p in run.model.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+    run.optimizer.step()
+    run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update(run.net)
+    run.step += 1
+    run.meter.end_step()
+    return grad_norm
+
+
+def log_step(run: Run, grad_norm: torch.Tensor, started: tuple[float, int]) -> None:
+    record = run.meter.summary(run.step, run.scheduler.get_last_lr()[0], float(grad_norm))
+    if not (math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])):
+        raise FloatingPointError(f"non-finite loss/grad-norm at step {run.step}: loss "
+                                 f"{record['loss']}, grad_norm {record['grad_norm']}")
+    run.metrics.write(record)
+    if run.dist.is_main:
+        start_time, start_step = started
+        rate = (time.perf_counter() - start_time) / max(run.step - start_step, 1)
+        console.say(console.progress_line(record, run.cfg.train.steps, rate * (run.cfg.train.steps - run.step)))
+
+
+def save_checkpoint(run: Run) -> Path:
+    return run.checkpointer.save(run.step, run.checkpoint_state())
+
+
+def train(run: Run) -> None:
+    cfg = run.cfg.train
+    batches = iter(run.loader)
+    started = (time.perf_counter(), run.step)
+    while run.step < cfg.steps:
+        grad_norm = train_step(run, batches)
+        if run.step % cfg.log_every_steps == 0 or run.step == cfg.steps:
+            log_step(run, grad_norm, started)
+        if run.step % cfg.ckpt_every_steps == 0 or run.step == cfg.steps:
+            save_checkpoint(run)
+
+
+def sample_at_end(run: Run) -> Optional[Path]:
+    """Rank 0 renders the sample clip from the EMA weights; other ranks wait."""
+    path = None
+    if run.dist.is_main and run.cfg.train.sample.enabled:
+        ema = run.ema.applied_to(run.net) if run.ema is not None else contextlib.nullcontext()
+        with ema:
+            path = generate_sample(run.net, run.objective, run.video_encoder, run.text_encoder,
+                                   run.cfg.train.sample, run.dist.device,
+                                   run.run_dir / "samples", run.step)
+        run.metrics.log_video(path, " | ".join(run.cfg.train.sample.prompts), run.step)
+    barrier()
+    return path
