@@ -67,7 +67,12 @@ def test_generated_dataset_layout_and_latents(dataset):
     pixels = torch.from_numpy(video).permute(3, 0, 1, 2)[None].float() / 127.5 - 1.0
     assert first.caption == caption and first.meta["attrs"] == attrs
     assert first.meta["video_encoder"] == SpaceToDepth().signature() and first.meta["frames"] == 8
-    assert torch.equal(decode_latent(first.latent_bytes), SpaceToDepth().encode(pixels)[0])
+    # Stored as fp16 by default (SyntheticDataConfig.latent_dtype); decoded to float32.
+    stored = decode_latent(first.latent_bytes)
+    assert torch.equal(stored, SpaceToDepth().encode(pixels)[0].half().float())
+    # fp16 storage still decodes to the exact uint8 pixels.
+    restored = ((stored.float() + 1.0) * 127.5).round().to(torch.uint8)
+    assert torch.equal(restored, SpaceToDepth().encode(torch.from_numpy(video).permute(3, 0, 1, 2)[None])[0].to(torch.uint8))
 
 
 def written_samples(n: int = 7) -> list[dict]:
