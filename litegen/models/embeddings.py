@@ -14,6 +14,18 @@ def sinusoidal_embedding(positions: Tensor, dim: int, max_period: float = 10000.
     return torch.cat([angle.cos(), angle.sin()], dim=-1).float()
 
 
+def absolute_position_embedding(positions: Tensor, dim: int) -> Tensor:
+    """Integer (frame, row, col) [..., S, 3] -> fixed sinusoids [..., S, dim], one band per axis.
+
+    The frame axis gets the remainder of dim; each band is `sinusoidal_embedding` of that axis.
+    """
+    band = 2 * (dim // 6)
+    widths = (dim - 2 * band, band, band)
+    flat = positions.reshape(-1, 3)
+    parts = [sinusoidal_embedding(flat[:, i], w) for i, w in enumerate(widths) if w > 0]
+    return torch.cat(parts, dim=-1).reshape(*positions.shape[:-1], dim)
+
+
 def text_mlp(text_dim: int, dim: int) -> nn.Sequential:
     """Caption features -> model width: Linear, GELU(tanh), Linear (indices match Wan's keys)."""
     return nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))

@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from litegen.config.model import WanConfig
-from litegen.models.embeddings import (sinusoidal_embedding, text_mlp, time_mlp, token_grid,
-                                       unpatchify)
+from litegen.models.embeddings import (absolute_position_embedding, sinusoidal_embedding,
+                                       text_mlp, time_mlp, token_grid, unpatchify)
 from litegen.models.layers import (CrossAttention, LayerNorm32, SelfAttention, feed_forward,
                                    gated_residual, modulate)
 from litegen.models.plan import ModelPlan
@@ -103,7 +103,10 @@ class WanDiT(nn.Module):
         context_mask [B, L] bool, True = real text token (at least one per row).
         """
         tokens, grid = self.embed(x)
-        rope = self.rope(grid_positions(grid, device=x.device))
+        positions = grid_positions(grid, device=x.device)
+        rope = self.rope(positions)
+        if self.cfg.absolute_pos_embed:
+            tokens = tokens + absolute_position_embedding(positions, self.cfg.dim).to(tokens.dtype)
         e, e6 = self.embed_time(t, x.dtype)
         ctx = self.text_embedding(context)
         for block in self.blocks:

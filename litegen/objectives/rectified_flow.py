@@ -10,7 +10,7 @@ from torch import nn
 
 from litegen.config import RectifiedFlowConfig
 from litegen.objectives.base import Cond, LossOutput
-from litegen.objectives.guidance import guided_velocity
+from litegen.objectives.guidance import guided_prediction
 
 
 def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
@@ -37,10 +37,17 @@ class RectifiedFlow:
         t = self.sample_timesteps(x0.shape[0], generator, x0.device)
         t_b = t.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
         x_t = (1.0 - t_b) * x0 + t_b * noise
-        pred = model(x_t, t, cond.context, cond.context_mask)
+        pred = self.velocity(model(x_t, t, cond.context, cond.context_mask), x_t, t)
         # fp32 loss: under bf16 autocast the prediction is bf16, the MSE reduction should not be.
         loss = F.mse_loss(pred.float(), (noise - x0).float())
         return LossOutput(loss, {"t_mean": float(t.mean())})
+
+    def velocity(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network output as a velocity: as is, or from predicted data v = (x_t - x0) / t."""
+        if self.cfg.prediction == "velocity":
+            return output
+        t_b = t.clamp(min=self.cfg.min_t_data).view(-1, *([1] * (x_t.dim() - 1)))
+        return (x_t.float() - output.float()) / t_b
 
     def time_grid(self, steps: int, device) -> torch.Tensor:
         return shift_time(torch.linspace(1.0, 0.0, steps + 1, device=device), self.cfg.sample_shift)
@@ -53,6 +60,6 @@ class RectifiedFlow:
         grid = self.time_grid(steps, noise.device)
         for t_now, t_next in zip(grid[:-1], grid[1:]):
             t = t_now.expand(x.shape[0])
-            v = guided_velocity(model, x, t, cond, null_cond, guidance_scale)
-            x = x + (t_next - t_now) * v.to(x.dtype)
+            out = guided_prediction(model, x, t, cond, null_cond, guidance_scale)
+            x = x + (t_next - t_now) * self.velocity(out, x, t).to(x.dtype)
         return x

@@ -342,3 +342,30 @@ def test_matches_diffusers_wan_with_all_text_attended():
         expected = ref(x, t * ours.cfg.timestep_scale, context, return_dict=False)[0]
         got = ours(x, t, context, torch.ones(context.shape[:2], dtype=torch.bool))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_absolute_position_embedding_breaks_translation_symmetry():
+    from litegen.config.model import WanConfig
+    from litegen.models import build_model
+    from litegen.models.embeddings import absolute_position_embedding
+    from litegen.models.rope import grid_positions
+
+    pos = grid_positions((2, 3, 4))
+    emb = absolute_position_embedding(pos, 48)
+    assert emb.shape == (24, 48)
+    assert torch.unique(emb, dim=0).shape[0] == 24  # every token gets its own code
+    # On a constant input a RoPE-only model answers the same at every interior token; with the
+    # embedding the answer depends on where the token is.
+    outputs = {}
+    for flag in (False, True):
+        cfg = WanConfig(dim=48, ffn_dim=96, num_heads=2, num_layers=1, freq_dim=16, in_channels=4,
+                        out_channels=4, text_dim=8, patch_size=[1, 1, 1], absolute_pos_embed=flag)
+        net = build_model(cfg)
+        net.init_weights(0)
+        torch.nn.init.normal_(net.head.head.weight, std=0.1)  # zero-init head would hide it
+        x = torch.ones(1, 4, 1, 1, 8)  # one row of 8 identical tokens
+        out = net(x, torch.tensor([0.5]), torch.ones(1, 2, 8), torch.ones(1, 2, dtype=torch.bool))
+        outputs[flag] = out[0, :, 0, 0, 1:-1].detach()  # interior tokens (values are identical,
+        # so without position codes attention returns the same mix everywhere)
+    spread = {k: float((v - v.mean(-1, keepdim=True)).abs().max()) for k, v in outputs.items()}
+    assert spread[True] > 100 * max(spread[False], 1e-7)
