@@ -23,7 +23,31 @@ def _heads(obj: Any, width_field: str, heads_field: str, head_multiple: int = 2)
 
 
 @dataclass
-class CogVideoXConfig(ModelConfig):
+class TransformerConfig(ModelConfig):
+    """Width, heads, depth and FFN every transformer family has; head_dim = dim / num_heads."""
+
+    dim: int = 1024
+    num_heads: int = 16
+    num_layers: int = 24
+    ffn_dim: int = 4096
+    eps: float = 1e-6
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    def head_multiple(self) -> int:
+        """What head_dim must be a multiple of (RoPE rotates channel pairs)."""
+        return 2
+
+    def problems(self) -> Problems:
+        yield from super().problems()
+        yield from _heads(self, "dim", "num_heads", self.head_multiple())
+        yield from _positive(self, "num_layers", "ffn_dim")
+
+
+@dataclass
+class CogVideoXConfig(TransformerConfig):
     """CogVideoX 1.0 MM-DiT: text + video in one 3D attention, expert adaptive LayerNorm.
 
     Field names mirror diffusers' CogVideoXTransformer3DModel where they mean the same thing;
@@ -53,16 +77,13 @@ class CogVideoXConfig(ModelConfig):
     out_channels: int = 16
     patch_size: list[int] = field(default_factory=lambda: [1, 2, 2])
 
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.num_heads
+    def head_multiple(self) -> int:
+        # 3D RoPE splits head_dim into t: 1/4, h and w: 3/8 each, all in pairs -> multiple of 16.
+        return 16 if self.pos_embedding == "rope" else 2
 
     def problems(self) -> Problems:
         yield from super().problems()
-        # 3D RoPE splits head_dim into t: 1/4, h and w: 3/8 each, all in pairs -> multiple of 16.
-        yield from _heads(self, "dim", "num_heads", 16 if self.pos_embedding == "rope" else 2)
-        yield from _positive(self, "num_layers", "ffn_dim", "time_embed_dim", "sample_frames",
-                             "sample_height", "sample_width")
+        yield from _positive(self, "time_embed_dim", "sample_frames", "sample_height", "sample_width")
         if self.pos_embedding not in ("sincos", "rope", "learned"):
             yield "pos_embedding", f"must be one of ['sincos', 'rope', 'learned'], got {self.pos_embedding!r}"
         if self.pos_embedding != "rope" and self.dim % 16:
@@ -72,7 +93,7 @@ class CogVideoXConfig(ModelConfig):
 
 
 @dataclass
-class VchitectConfig(ModelConfig):
+class VchitectConfig(TransformerConfig):
     """Vchitect-2.0-style parallel blocks: spatial, temporal and cross attention fused and summed."""
 
     family: str = "vchitect"
@@ -81,20 +102,14 @@ class VchitectConfig(ModelConfig):
     num_layers: int = 32
     ffn_dim: int = 6144
     freq_dim: int = 256
-    eps: float = 1e-6
     # Vchitect-2.0's processor scales the spatial branch by 1.1 before fusing it with cross-attention.
     spatial_gain: float = 1.1
     temporal_rope_theta: float = 10000.0
     timestep_scale: float = 1000.0
 
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.num_heads
-
     def problems(self) -> Problems:
         yield from super().problems()
-        yield from _heads(self, "dim", "num_heads")
-        yield from _positive(self, "num_layers", "ffn_dim", "freq_dim")
+        yield from _positive(self, "freq_dim")
         if self.dim % 4:
             yield "dim", f"2D sin-cos positions need dim divisible by 4, got {self.dim}"
 
@@ -137,7 +152,7 @@ class SnapVideoConfig(ModelConfig):
 
 
 @dataclass
-class WorldDreamerConfig(ModelConfig):
+class WorldDreamerConfig(TransformerConfig):
     """WorldDreamer's spatial-temporal patchwise transformer over discrete visual tokens.
 
     `patch_size` is how many latent positions one token covers: the tokenizer's downsampling
@@ -153,17 +168,11 @@ class WorldDreamerConfig(ModelConfig):
     ffn_dim: int = 8192
     window: list[int] = field(default_factory=lambda: [4, 4])  # (rows, cols) of tokens, all frames
     action_dim: int = 0  # > 0 adds a per-frame action embedding (e.g. driving controls)
-    eps: float = 1e-6
     patch_size: list[int] = field(default_factory=lambda: [1, 1, 1])
-
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.num_heads
 
     def problems(self) -> Problems:
         yield from super().problems()
-        yield from _heads(self, "dim", "num_heads")
-        yield from _positive(self, "vocab_size", "num_layers", "ffn_dim")
+        yield from _positive(self, "vocab_size")
         if self.dim % 16:
             yield "dim", f"3D sin-cos positions need dim divisible by 16, got {self.dim}"
         if len(self.window) != 2 or min(self.window) < 1:

@@ -11,22 +11,11 @@ from litegen.encoders.vq import PaletteTokenizer
 from litegen.objectives import EDM, Cond, MaskedTokens, VPrediction, build_objective
 from litegen.objectives.masked_tokens import mask_ratio, random_mask
 from litegen.objectives.v_prediction import alphas_cumprod, explicit_uniform
-
-
-class Recorder(nn.Module):
-    """Returns a fixed prediction and remembers its inputs."""
-
-    def __init__(self, pred):
-        super().__init__()
-        self.pred = pred
-
-    def forward(self, x, t, *rest):
-        self.seen = (x.clone(), t.clone())
-        return self.pred
+from test_objective import Recorder, _cond
 
 
 def cond(batch=2, length=3, dim=4):
-    return Cond(torch.randn(batch, length, dim), torch.ones(batch, length, dtype=torch.bool))
+    return _cond(batch, length, dim)
 
 
 # ---- v-prediction -----------------------------------------------------------------------------
