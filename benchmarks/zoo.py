@@ -67,7 +67,8 @@ def table_rows() -> list[dict]:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| config | objective | params | reference clip | tokens | train GFLOP/token | train TFLOP/clip | layout 8x80GiB |")
+    print("| config | objective | params | reference clip | tokens | train GFLOP/token | "
+          "train TFLOP/clip | layout 8x80GiB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| `{r['config']}` | {r['objective']} | {r['params']:,} | {r['clip']} | {r['tokens']:,} | "
@@ -138,8 +139,8 @@ def main() -> None:
             continue
         r = measure(ref, device, args.steps, peak)
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
-        print(f"| `{r['config']}` | {r['depth']} | {r['params']:,} | {r['step_s']:.3f} | {r['tflops']:.0f} | {mfu} |",
-              flush=True)
+        print(f"| `{r['config']}` | {r['depth']} | {r['params']:,} | {r['step_s']:.3f} | "
+              f"{r['tflops']:.0f} | {mfu} |", flush=True)
         torch.cuda.empty_cache()
 
 

@@ -89,7 +89,8 @@ class CogVideoXConfig(TransformerConfig):
         if self.pos_embedding != "rope" and self.dim % 16:
             yield "dim", f"3D sin-cos positions need dim divisible by 16, got {self.dim}"
         if self.patch_size[:1] != [1]:
-            yield "patch_size", f"CogVideoX 1.0 patches frames one by one: patch_size[0] must be 1, got {self.patch_size}"
+            yield "patch_size", (f"CogVideoX 1.0 patches frames one by one: patch_size[0] must be 1, "
+                                 f"got {self.patch_size}")
 
 
 @dataclass

@@ -78,6 +78,7 @@ class MaskedTokensConfig(ObjectiveConfig):
         if self.palette_levels < 2:
             yield "palette_levels", f"must be >= 2, got {self.palette_levels}"
         if self.latent_channels % 3:
-            yield "latent_channels", f"the palette tokenizer reads RGB groups: must be a multiple of 3, got {self.latent_channels}"
+            yield "latent_channels", ("the palette tokenizer reads RGB groups: must be a multiple of 3, "
+                                      f"got {self.latent_channels}")
         if self.choice_temperature < 0:
             yield "choice_temperature", f"must be >= 0, got {self.choice_temperature}"

@@ -45,7 +45,8 @@ def _objective_problems(cfg: LiteGenConfig) -> Iterator[tuple[str, str]]:
                                        f"objective.palette_levels^3), got {cfg.model.vocab_size}")
         if cfg.model.patch_size != [1, cfg.objective.palette_patch, cfg.objective.palette_patch]:
             yield "model.patch_size", (f"must be the tokenizer's downsampling [1, p, p] with p = "
-                                       f"objective.palette_patch={cfg.objective.palette_patch}, got {cfg.model.patch_size}")
+                                       f"objective.palette_patch={cfg.objective.palette_patch}, "
+                                       f"got {cfg.model.patch_size}")
         if cfg.objective.latent_channels != cfg.model.in_channels:
             yield "objective.latent_channels", (f"must equal model.in_channels={cfg.model.in_channels}, "
                                                 f"got {cfg.objective.latent_channels}")

@@ -103,8 +103,14 @@ class FinalAdaLN(nn.Module):
         return modulate(self.norm, x, shift, scale)
 
 
-def resize_crop_region(grid_hw: tuple[int, int], base_hw: tuple[int, int]) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Where a (rows, cols) token grid sits when resized into the trained grid, aspect kept, centred."""
+Corner = tuple[int, int]
+
+
+def resize_crop_region(grid_hw: Corner, base_hw: Corner) -> tuple[Corner, Corner]:
+    """Where a (rows, cols) token grid sits when resized into the trained grid, aspect kept, centred.
+
+    (top, left), (bottom, right) in trained-grid units: the released CogVideoX pipeline's rule.
+    """
     (h, w), (base_h, base_w) = grid_hw, base_hw
     if h / w > base_h / base_w:
         size_h, size_w = base_h, int(round(base_h / h * w))

@@ -70,11 +70,13 @@ def snapvideo_train_flops(cfg: SnapVideoConfig, latent_shape, text_len: int) -> 
         "text_embed": _linear(l, cfg.text_dim, dl) + _linear(l, dl, dl),
         "time_embed": (_linear(1, cfg.freq_dim, dl) + _linear(1, dl, dl) + _linear(1, dl, 6 * dl)
                        + _linear(1, dl, 2 * dp)),
-        "read": blocks * (2 * _linear(n, dl, dl) + 2 * _linear(s, dp, dl) + groups * _attention(m, s // groups, dl)),
+        "read": blocks * (2 * _linear(n, dl, dl) + 2 * _linear(s, dp, dl)
+                          + groups * _attention(m, s // groups, dl)),
         "latent_attn_proj": layers * (6 * _linear(n, dl, dl) + 2 * _linear(l, dl, dl)),
         "latent_attn_core": layers * (_attention(n, n, dl) + _attention(n, l, dl)),
         "latent_ffn": layers * 2 * _linear(n, dl, cfg.ffn_dim),
-        "write": blocks * (2 * _linear(s, dp, dp) + 2 * _linear(n, dl, dp) + groups * _attention(s // groups, m, dp)),
+        "write": blocks * (2 * _linear(s, dp, dp) + 2 * _linear(n, dl, dp)
+                           + groups * _attention(s // groups, m, dp)),
         "patch_ffn": blocks * 2 * _linear(s, dp, cfg.patch_ffn_dim),
         "head": _linear(s, dp, cfg.out_channels * patch_volume),
     })

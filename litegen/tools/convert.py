@@ -66,7 +66,8 @@ def from_diffusers(folder: Union[str, Path]) -> tuple[ModelConfig, StateDict]:
             raise KeyError(f"{folder}: no tensor {key!r} (for our {name!r})")
         ours[name] = mapping.tensor(cfg, name, theirs.pop(key), False)
         if ours[name].shape != param.shape:
-            raise ValueError(f"{key}: shape {tuple(ours[name].shape)} does not fit our {name} {tuple(param.shape)}")
+            raise ValueError(f"{key}: shape {tuple(ours[name].shape)} does not fit our {name} "
+                             f"{tuple(param.shape)}")
     if theirs:
         raise ValueError(f"{folder}: {len(theirs)} tensors have no place in our model, e.g. {sorted(theirs)[:3]}")
     return cfg, ours
@@ -142,7 +143,8 @@ def load_converted(net: nn.Module, path: Union[str, Path]) -> None:
                          f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); does the model config match?")
     for name, value in state.items():
         if value.shape != params[name].shape:
-            raise ValueError(f"model.init_from={path}: {name} is {tuple(value.shape)}, model has {tuple(params[name].shape)}")
+            raise ValueError(f"model.init_from={path}: {name} is {tuple(value.shape)}, "
+                             f"the model's is {tuple(params[name].shape)}")
         params[name].copy_(value)
 
 
