@@ -19,8 +19,8 @@ def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
 
 
 class RectifiedFlow:
-    def __init__(self, cfg: RectifiedFlowConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: RectifiedFlowConfig, dp_rank: int = 0, dp_size: int = 1):
+        self.cfg = cfg  # timesteps are i.i.d. per sample: the data-parallel layout does not matter
 
     def sample_timesteps(self, n: int, generator: torch.Generator, device) -> torch.Tensor:
         if self.cfg.timestep_sampling == "logit_normal":
@@ -54,8 +54,11 @@ class RectifiedFlow:
 
     @torch.no_grad()
     def sample(self, model: nn.Module, noise: torch.Tensor, cond: Cond, null_cond: Cond,
-               steps: int, guidance_scale: float) -> torch.Tensor:
-        """Euler integration from pure noise (t=1) to data (t=0) with classifier-free guidance."""
+               steps: int, guidance_scale: float, generator=None) -> torch.Tensor:
+        """Euler integration from pure noise (t=1) to data (t=0) with classifier-free guidance.
+
+        Deterministic given the noise: `generator` is accepted for the shared signature only.
+        """
         x = noise
         grid = self.time_grid(steps, noise.device)
         for t_now, t_next in zip(grid[:-1], grid[1:]):

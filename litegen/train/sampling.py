@@ -28,7 +28,7 @@ def sample_latents(net: nn.Module, objective, video_encoder, text_encoder, cfg: 
     shape = (len(cfg.prompts), *video_encoder.latent_shape(cfg.frames, cfg.height, cfg.width))
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     noise = torch.randn(shape, generator=gen, device=device)
-    return objective.sample(net, noise, cond, null_cond, cfg.steps, cfg.guidance_scale)
+    return objective.sample(net, noise, cond, null_cond, cfg.steps, cfg.guidance_scale, generator=gen)
 
 
 def save_clip_grid(pixels: torch.Tensor, path: Path, fps: int) -> Path:

@@ -23,6 +23,7 @@ from litegen.train.ema import EMA
 from litegen.train.lr import build_scheduler
 from litegen.train.metrics import Meter, MetricsWriter
 from litegen.train.mfu import peak_tflops
+from litegen.tools.convert import load_converted
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +111,16 @@ def ensure_dataset(cfg: LiteGenConfig, dist_info: DistInfo, video_encoder) -> No
 
 
 def build_network(cfg: LiteGenConfig, device: torch.device) -> nn.Module:
-    """Build on meta (no memory for the full-size configs), materialise on device, seed-init."""
+    """Build on meta (no memory for the full-size configs), materialise on device, seed-init.
+
+    With model.init_from, the converted weights (litegen.tools.convert) then replace the init.
+    """
     with torch.device("meta"):
         net = build_model(cfg.model)
     net.to_empty(device=device)
     net.init_weights(cfg.train.seed)
+    if cfg.model.init_from:
+        load_converted(net, cfg.model.init_from)
     return net
 
 
@@ -138,7 +144,8 @@ def build_run(cfg: LiteGenConfig, run_dir: Path, dist_info: DistInfo) -> Run:
         cfg=cfg, run_dir=run_dir, dist=dist_info, dims=dims, net=net, model=model,
         optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.optim, cfg.train.steps),
         ema=EMA(net, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None,
-        objective=build_objective(cfg.objective), video_encoder=video_encoder,
+        objective=build_objective(cfg.objective, dims.dp_rank(dist_info.rank), dims.dp),
+        video_encoder=video_encoder,
         text_encoder=text_encoder,
         loader=build_loader(cfg.data, dims.dp_rank(dist_info.rank), dims.dp,
                             expected_signature=video_encoder.signature()),

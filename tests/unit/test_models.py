@@ -15,6 +15,7 @@ from litegen.models import FAMILIES, build_model, count_params, model_plan
 from litegen.models.attention import AttentionCore, attention, attention_backend
 from litegen.models.embeddings import patchify, unpatchify
 from litegen.models.rope import RotaryEmbedding3D, apply_rope, grid_positions, rope_axis_dims
+from litegen.tools.diffusers_maps import WAN_KEYS
 
 # Parameter counts of the released Wan 2.1 T2V checkpoints (2.84 GB / 28.6 GB in bf16); equal to
 # diffusers' WanTransformer3DModel built with the same config.
@@ -309,18 +310,8 @@ def test_models_package_never_imports_torch_distributed():
 
 # ---- agreement with the published architecture (diffusers' port of Wan 2.1) ------------------
 
-DIFFUSERS_KEYS = [  # our (original Wan) names -> diffusers names
-    (r"^text_embedding\.0\.", "condition_embedder.text_embedder.linear_1."),
-    (r"^text_embedding\.2\.", "condition_embedder.text_embedder.linear_2."),
-    (r"^time_embedding\.0\.", "condition_embedder.time_embedder.linear_1."),
-    (r"^time_embedding\.2\.", "condition_embedder.time_embedder.linear_2."),
-    (r"^time_projection\.1\.", "condition_embedder.time_proj."),
-    (r"\.self_attn\.", ".attn1."), (r"\.cross_attn\.", ".attn2."),
-    (r"(attn\d)\.([qkv])\.", r"\1.to_\2."), (r"(attn\d)\.o\.", r"\1.to_out.0."),
-    (r"\.norm3\.", ".norm2."), (r"\.ffn\.0\.", ".ffn.net.0.proj."), (r"\.ffn\.2\.", ".ffn.net.2."),
-    (r"\.modulation$", ".scale_shift_table"), (r"^head\.head\.", "proj_out."),
-    (r"^head\.scale_shift_table$", "scale_shift_table"),
-]
+# our (original Wan) names -> diffusers names: the converter's map (litegen/tools/diffusers_maps.py)
+DIFFUSERS_KEYS = WAN_KEYS
 
 
 def test_matches_diffusers_wan_with_all_text_attended():
