@@ -1,7 +1,7 @@
 """Ulysses sequence parallelism: all-to-all from sequence-sharded to head-sharded and back.
 
 Each of P ranks holds s = S/P tokens of every head. One all-to-all (q, k and v packed into one
-contiguous buffer) gives each rank all S tokens of H/P heads; attention runs locally on those;
+contiguous send buffer) gives each rank all S tokens of H/P heads; attention runs locally on those;
 a second all-to-all returns the output to s tokens of all heads. Backward is the same exchange
 in reverse, so gradients never see the full sequence of all heads on one rank.
 """
@@ -14,49 +14,53 @@ from torch import Tensor
 from litegen.parallel import comm
 
 
-def _seq_to_heads(x: Tensor, group) -> Tensor:
-    """[G, B, s, H, D] on each rank -> [G, B, P*s, H/P, D]: heads group j ends on rank j."""
+def _seq_to_heads(tensors: list[Tensor], group) -> list[Tensor]:
+    """G tensors [B, s, H, D] -> G tensors [B, P*s, H/P, D]: head group j of every rank goes to rank j."""
     world = torch.distributed.get_world_size(group)
-    g, b, s, h, d = x.shape
-    send = x.reshape(g, b, s, world, h // world, d).permute(3, 0, 1, 2, 4, 5).contiguous()
+    b, s, h, d = tensors[0].shape
+    send = tensors[0].new_empty(world, len(tensors), b, s, h // world, d)
+    for i, t in enumerate(tensors):  # one copy each into the one send buffer
+        send[:, i].copy_(t.unflatten(2, (world, h // world)).permute(2, 0, 1, 3, 4))
     recv = torch.empty_like(send)
     comm.all_to_all(recv, send, group)
-    # recv[j] holds rank j's tokens (sequence chunk j) for this rank's heads.
-    return recv.permute(1, 2, 0, 3, 4, 5).reshape(g, b, world * s, h // world, d)
+    # recv[j, i]: tensor i of rank j's tokens (sequence chunk j) for this rank's heads.
+    return [recv[:, i].transpose(0, 1).reshape(b, world * s, h // world, d) for i in range(len(tensors))]
 
 
-def _heads_to_seq(x: Tensor, group) -> Tensor:
-    """[G, B, P*s, H/P, D] -> [G, B, s, H, D]: the inverse of `_seq_to_heads`."""
+def _heads_to_seq(tensors: list[Tensor], group) -> list[Tensor]:
+    """G tensors [B, P*s, H/P, D] -> G tensors [B, s, H, D]: the inverse of `_seq_to_heads`."""
     world = torch.distributed.get_world_size(group)
-    g, b, seq, h, d = x.shape
-    send = x.reshape(g, b, world, seq // world, h, d).permute(2, 0, 1, 3, 4, 5).contiguous()
+    b, seq, h, d = tensors[0].shape
+    send = tensors[0].new_empty(world, len(tensors), b, seq // world, h, d)
+    for i, t in enumerate(tensors):
+        send[:, i].copy_(t.unflatten(1, (world, seq // world)).transpose(0, 1))
     recv = torch.empty_like(send)
     comm.all_to_all(recv, send, group)
-    # recv[j] holds this rank's tokens for heads group j.
-    return recv.permute(1, 2, 3, 0, 4, 5).reshape(g, b, seq // world, world * h, d)
+    # recv[j, i]: tensor i of this rank's tokens for head group j.
+    return [recv[:, i].permute(1, 2, 0, 3, 4).reshape(b, seq // world, world * h, d)
+            for i in range(len(tensors))]
 
 
 class _AllToAll(torch.autograd.Function):
-    """Differentiable switch between sequence- and head-sharding; backward is the inverse switch."""
+    """Switch tensors between sequence- and head-sharding; backward is the inverse switch."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, group, to_heads: bool) -> Tensor:
+    def forward(ctx, group, to_heads: bool, *tensors: Tensor) -> tuple[Tensor, ...]:
         ctx.group, ctx.to_heads = group, to_heads
-        return _seq_to_heads(x, group) if to_heads else _heads_to_seq(x, group)
+        return tuple((_seq_to_heads if to_heads else _heads_to_seq)(list(tensors), group))
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
-        grad = grad.contiguous()
-        back = _heads_to_seq(grad, ctx.group) if ctx.to_heads else _seq_to_heads(grad, ctx.group)
-        return back, None, None
+    def backward(ctx, *grads: Tensor):
+        back = _heads_to_seq if ctx.to_heads else _seq_to_heads
+        return (None, None, *back([g.contiguous() for g in grads], ctx.group))
 
 
-def seq_to_heads(x: Tensor, group) -> Tensor:
-    return _AllToAll.apply(x, group, True)
+def seq_to_heads(group, *tensors: Tensor) -> tuple[Tensor, ...]:
+    return _AllToAll.apply(group, True, *tensors)
 
 
-def heads_to_seq(x: Tensor, group) -> Tensor:
-    return _AllToAll.apply(x, group, False)
+def heads_to_seq(group, *tensors: Tensor) -> tuple[Tensor, ...]:
+    return _AllToAll.apply(group, False, *tensors)
 
 
 # (q, k, v [B, S, h, D], key_valid [B, S] bool or None) -> out [B, S, h, D]
@@ -73,9 +77,9 @@ def ulysses_attention(q: Tensor, k: Tensor, v: Tensor, group, inner: LocalAttent
     world = torch.distributed.get_world_size(group)
     if q.shape[2] % world:
         raise ValueError(f"{q.shape[2]} heads cannot split {world} ways for Ulysses attention")
-    qkv = seq_to_heads(torch.stack([q, k, v]), group)  # one all-to-all moves all three
-    out = inner(qkv[0], qkv[1], qkv[2], key_valid)
-    return heads_to_seq(out.unsqueeze(0), group).squeeze(0)
+    q, k, v = seq_to_heads(group, q, k, v)  # one all-to-all moves all three
+    (out,) = heads_to_seq(group, inner(q, k, v, key_valid))
+    return out
 
 
 def ulysses_bytes_per_rank(batch: int, local_tokens: int, heads: int, head_dim: int,
