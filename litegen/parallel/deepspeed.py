@@ -6,11 +6,10 @@ train.mixed_precision. Model and optimizer state go through DeepSpeed's own chec
 the step directory; everything else stays in the DCP checkpoint beside it.
 """
 
-import os
+import contextlib
 from pathlib import Path
 from typing import Any, ContextManager, Optional
 
-import contextlib
 import torch
 from torch import Tensor, nn
 
@@ -35,8 +34,8 @@ def deepspeed_config(cfg: LiteGenConfig, bf16: bool) -> dict[str, Any]:
 
 def initialize(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: LiteGenConfig,
                bf16: bool) -> "DeepSpeedSteps":
-    # DeepSpeed JIT-builds a shared-memory comm op on first use; reuse one build per machine.
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
+    # Imported here: DeepSpeed is optional and slow to import. On first use it JIT-builds a
+    # shared-memory comm op into TORCH_EXTENSIONS_DIR (~30 s), reused by later runs.
     import deepspeed
 
     engine, ds_optimizer, _, _ = deepspeed.initialize(

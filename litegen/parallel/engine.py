@@ -11,7 +11,6 @@ from typing import Any, ContextManager
 
 import torch
 from torch import Tensor, nn
-from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 from litegen.train.checkpoint import ModelOptimState
@@ -47,7 +46,3 @@ class TorchSteps:
     def checkpoint_state(self) -> Any:
         return ModelOptimState(self.model, self.optimizer)
 
-
-def is_sharded(model: nn.Module) -> bool:
-    """True when parameters live in shards (FSDP2), so every rank must join any forward."""
-    return isinstance(model, FSDPModule)

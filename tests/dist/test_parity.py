@@ -1,9 +1,9 @@
 """Whole-model parity: the tiny experiment for 3 steps under every layout equals one process.
 
 Every layout trains the real Run (build_run, train_step, Meter) on the same global batches:
-data-parallel rank r takes micro-batch r of each step, and the one-process reference accumulates
-the dp micro-batches of a step in order, which is the same computation (noise is keyed by the
-global micro-batch index, see litegen.train.rng). Sequence lengths alternate between 45 tokens
+data-parallel rank r takes micro-batches r*k .. r*k+k-1 of each step (k = grad_accum_steps), and
+the one-process reference accumulates all of a step's micro-batches in order, which is the same
+computation (noise is keyed by the global micro-batch index, see litegen.train.rng). Sequence lengths alternate between 45 tokens
 (padded under SP) and 64. Losses and pre-clip gradient norms must agree to rtol 1e-5 in fp32; the
 norm catches gradient-scaling mistakes that Adam would hide from the loss. One spawn per world
 size runs all of its layouts, plus save -> resume under the same layout.
@@ -24,7 +24,7 @@ SHAPES = [(12, 3, 6, 10), (12, 4, 8, 8)]  # latent [C, T, H, W]: 3*3*5 = 45 and 
 CAPTIONS = ["a red circle moving left on a blue background", "a green square bouncing up and down",
             "a triangle changing from yellow to purple moving right on a black background"]
 
-# name -> (world size, data-parallel degree, overrides)
+# name -> (world size, micro-batches per step over all dp ranks = the reference's accumulation, overrides)
 LAYOUTS = {
     "ddp": (2, 2, ["parallel=ddp"]),
     "fsdp2": (2, 2, ["parallel=fsdp2"]),
@@ -33,6 +33,9 @@ LAYOUTS = {
     "zero2": (2, 2, ["parallel=deepspeed", "parallel.zero_stage=2"]),
     "zero3": (2, 2, ["parallel=deepspeed", "parallel.zero_stage=3"]),
     "zero2_ulysses2": (2, 1, ["parallel=deepspeed", "parallel.zero_stage=2", "parallel.sp_ulysses=2"]),
+    # 2 ranks x 2 accumulated micro-batches = the 4-micro-batch reference (no_sync / ZeRO boundary)
+    "ddp_accum2": (2, 4, ["parallel=ddp", "train.grad_accum_steps=2"]),
+    "zero2_accum2": (2, 4, ["parallel=deepspeed", "parallel.zero_stage=2", "train.grad_accum_steps=2"]),
     "fsdp2_shard2_ulysses2": (4, 2, ["parallel=fsdp2", "parallel.dp_shard=2", "parallel.sp_ulysses=2"]),
     "hsdp2x2": (4, 4, ["parallel=fsdp2", "parallel.dp_replicate=2", "parallel.dp_shard=2"]),
     "usp_ring2_ulysses2": (4, 1, ["parallel=fsdp2", "parallel.sp_ring=2", "parallel.sp_ulysses=2"]),
@@ -110,7 +113,7 @@ def layouts_worker(world: int, shards: str, tmp: str) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(tiny_shards, tmp_path_factory):
-    """One process, accumulating dp micro-batches per step, for each dp degree used above."""
+    """One process accumulating each step's micro-batches, for every count used above."""
     from litegen.parallel.distributed import DistInfo
     from litegen.config import compose
     from litegen.train.setup import build_run
@@ -118,10 +121,10 @@ def reference(tiny_shards, tmp_path_factory):
     refs, threads = {}, torch.get_num_threads()
     torch.set_num_threads(1)  # on a loaded 2-core machine, 2 OpenMP threads run ~50x slower here
     try:
-        for dp in sorted({dp for _, dp, _ in LAYOUTS.values()}):
-            cfg = compose(overrides(tiny_shards, f"train.grad_accum_steps={dp}"))
-            run = build_run(cfg, tmp_path_factory.mktemp(f"ref{dp}"), DistInfo(0, 1, 0, torch.device("cpu")))
-            refs[dp] = train_until(run, STEPS)
+        for micro in sorted({micro for _, micro, _ in LAYOUTS.values()}):
+            cfg = compose(overrides(tiny_shards, f"train.grad_accum_steps={micro}"))
+            run = build_run(cfg, tmp_path_factory.mktemp(f"ref{micro}"), DistInfo(0, 1, 0, torch.device("cpu")))
+            refs[micro] = train_until(run, STEPS)
     finally:
         torch.set_num_threads(threads)
     return refs
@@ -142,8 +145,8 @@ def world_results(tiny_shards, tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_layout_matches_one_process(name, reference, world_results):
-    world, dp, _ = LAYOUTS[name]
-    got, expected = world_results(world)[name], reference[dp]
+    world, micro, _ = LAYOUTS[name]
+    got, expected = world_results(world)[name], reference[micro]
     assert len(got) == STEPS
     for step, ((loss, norm), (ref_loss, ref_norm)) in enumerate(zip(got, expected), start=1):
         assert loss == pytest.approx(ref_loss, rel=1e-5), (name, step, "loss")
