@@ -47,7 +47,7 @@ def initialize(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: LiteGenC
 class DeepSpeedSteps:
     def __init__(self, engine, optimizer):
         self.engine, self.optimizer = engine, optimizer
-        self.model = engine.module
+        self.model = engine  # forward goes through the engine, as DeepSpeed expects
 
     def zero_grad(self) -> None:
         self.engine.zero_grad()

@@ -18,7 +18,7 @@ from litegen.train.checkpoint import ModelOptimState
 
 class TorchSteps:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
-        self.model, self.optimizer = model, optimizer
+        self.model, self.optimizer = model, optimizer  # model: what forward goes through
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -62,5 +62,9 @@ def build_steps(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: LiteGen
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain network inside any wrapper (for sampling, EMA and checkpoint naming)."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    """The plain network inside any wrapper (for sampling, EMA and checkpoint naming).
+
+    DDP and DeepSpeed's engine keep it as `.module`; FSDP2 shards in place and wraps nothing.
+    """
+    wrapped = isinstance(model, DistributedDataParallel) or type(model).__module__.startswith("deepspeed.")
+    return model.module if wrapped else model

@@ -165,6 +165,7 @@ def build_run(cfg: LiteGenConfig, run_dir: Path, dist_info: DistInfo) -> Run:
     model = parallelize(net, cfg, dims, dist_info.rank, device, autocast)
     optimizer = build_optimizer(model, cfg)
     steps = build_steps(model, optimizer, cfg, autocast)
+    model = steps.model  # DeepSpeed: its engine
     net = unwrap(model)
     peak, peak_source = peak_tflops(device, cfg.train.peak_tflops)
     return Run(
