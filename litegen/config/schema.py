@@ -216,20 +216,33 @@ class EncodersConfig:
 
 @dataclass
 class ParallelConfig:
-    backend: str = "ddp"  # ddp (the reference data-parallel backend)
-    dp_replicate: int = 1
+    """How the world splits: dp_replicate x dp_shard x sp_ring x sp_ulysses ranks (see README)."""
+
+    backend: str = "fsdp2"  # fsdp2 | deepspeed | ddp (the reference)
+    dp_replicate: int = 1  # > 1 with fsdp2: HSDP (replicate across groups, shard within)
     dp_shard: int = -1  # -1: the rest of the world
-    sp_ring: int = 1
-    sp_ulysses: int = 1
+    sp_ring: int = 1  # ring-attention degree (K/V passed around the ring)
+    sp_ulysses: int = 1  # Ulysses degree (all-to-all to heads); must divide the attention heads
+    reshard_after_forward: bool = True  # fsdp2: free gathered params after forward (ZeRO-3 style)
+    param_dtype: str = "auto"  # fsdp2 compute dtype: auto (follows train.mixed_precision) | bf16 | fp32
+    reduce_dtype: str = "fp32"  # fsdp2 gradient reduction dtype
+    zero_stage: int = 2  # deepspeed ZeRO stage 1 | 2 | 3
     dist_backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
     timeout_s: int = 600  # collective timeout; a dead rank surfaces as an error after this
 
     def problems(self) -> Problems:
-        yield from _one_of(self, "backend", ("ddp",))
+        yield from _one_of(self, "backend", ("fsdp2", "deepspeed", "ddp"))
         yield from _one_of(self, "dist_backend", ("auto", "nccl", "gloo"))
+        yield from _one_of(self, "param_dtype", ("auto", "bf16", "fp32"))
+        yield from _one_of(self, "reduce_dtype", ("fp32", "bf16"))
         yield from _positive(self, "dp_replicate", "sp_ring", "sp_ulysses", "timeout_s")
         if self.dp_shard == 0 or self.dp_shard < -1:
             yield "dp_shard", f"must be >= 1 or -1 (the rest of the world), got {self.dp_shard}"
+        if self.zero_stage not in (1, 2, 3):
+            yield "zero_stage", f"must be 1, 2 or 3, got {self.zero_stage}"
+        if self.dp_replicate > 1 and self.backend != "fsdp2":
+            yield "dp_replicate", (f"replicate groups (HSDP) need backend=fsdp2, got {self.backend!r}; "
+                                   "use parallel.dp_replicate=1")
 
 
 @dataclass

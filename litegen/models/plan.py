@@ -40,6 +40,14 @@ class ModelPlan:
 
     Tokens enter the blocks as [B, S, dim] with S on dim 1; the rope tensor passed to every block
     has S on dim 0 ([S, head_dim//2, 2]); sequence parallelism shards both along S.
+
+    The token-stack seam: a family that wants sequence parallelism gives its model a method
+    (named by `token_stack`) `f(tokens [B, S, dim], rope [S, ...], *per_sample) -> [B, S, out]`
+    that runs everything token-wise between embedding and unpatchify (blocks and final head),
+    and calls it from forward. Apart from the self-attention cores (swapped for Ulysses/ring),
+    every op in it must act on each token independently, so running it on a contiguous chunk
+    of tokens yields that chunk of the output. litegen/parallel replaces the method per
+    instance; the model itself stays unaware of it.
     """
 
     blocks: str  # nn.ModuleList of transformer blocks: one FSDP/checkpoint unit each
@@ -49,6 +57,7 @@ class ModelPlan:
     head: str  # final projection; runs last, so FSDP may keep it unsharded after forward
     joint_attention: Paths = ()  # in a block: JointAttentionCore (text prefix + video)
     grouped_attention: Paths = ()  # in a block: GroupedAttentionCore (FIT read / write)
+    token_stack: str = "forward_tokens"  # the sequence-parallel seam (see above)
 
     def block_list(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.blocks)

@@ -110,9 +110,19 @@ class WanDiT(nn.Module):
             tokens = tokens + absolute_position_embedding(positions, self.cfg.dim).to(tokens.dtype)
         e, e6 = self.embed_time(t, x.dtype)
         ctx = self.text_embedding(context)
+        out = self.forward_tokens(tokens, rope, e, e6, ctx, context_mask)
+        return unpatchify(out, grid, self.patch_size).to(x.dtype)
+
+    def forward_tokens(self, tokens: Tensor, rope: Tensor, e: Tensor, e6: Tensor, ctx: Tensor,
+                       context_mask: Tensor) -> Tensor:
+        """Blocks and head on tokens [B, S, dim] with rope [S, ...] -> [B, S, out * patch volume].
+
+        The token-stack seam (ModelPlan.token_stack): sequence parallelism runs it on a chunk of
+        the tokens; everything here but self-attention is token-wise.
+        """
         for block in self.blocks:
             tokens = block(tokens, e6, ctx, context_mask, rope)
-        return unpatchify(self.head(tokens, e), grid, self.patch_size).to(x.dtype)
+        return self.head(tokens, e)
 
     def init_weights(self, seed: int, write: Optional[Writer] = None) -> None:
         """Fill every parameter from (seed, parameter name): same values on any device or layout.

@@ -1,1 +1,1 @@
-"""Command-line tools around training: weight conversion (convert), ..."""
+"""Command-line tools around training: dry-run planning (plan), weight conversion (convert)."""

@@ -26,8 +26,14 @@ class Window:
 
 
 class Meter:
-    def __init__(self, dist_info: DistInfo, peak_tflops: Optional[float]):
-        self.dist, self.peak_tflops = dist_info, peak_tflops
+    """Sums per rank, reduced once per log step over `group`: the data-parallel ranks.
+
+    Sequence-parallel peers share each sample (same loss, same tokens), so reducing over all
+    ranks would count every sample sp times; one rank per SP group is exactly the dp group.
+    """
+
+    def __init__(self, dist_info: DistInfo, peak_tflops: Optional[float], group=None):
+        self.dist, self.peak_tflops, self.group = dist_info, peak_tflops, group
         self.window = Window(start=time.perf_counter())
 
     def add_micro(self, loss: Any, samples: int, tokens: int, flops: float) -> None:
@@ -39,11 +45,12 @@ class Meter:
         self.window.steps += 1
 
     def summary(self, step: int, lr: float, grad_norm: float) -> dict[str, Any]:
-        """Reduce the window over ranks (one collective) and turn it into a metrics record."""
+        """Reduce the window over the group (one collective) and turn it into a metrics record."""
         w = self.window
         elapsed = max(time.perf_counter() - w.start, 1e-9)
         loss_sum, micro, samples, tokens, flops = all_reduce_sum(
-            [float(w.loss_sum), w.micro_batches, w.samples, w.tokens, w.flops], self.dist.device)
+            [float(w.loss_sum), w.micro_batches, w.samples, w.tokens, w.flops], self.dist.device,
+            self.group)
         tflops_per_device = flops / elapsed / self.dist.world_size / 1e12
         record = {
             "step": step, "loss": loss_sum / max(micro, 1), "lr": lr, "grad_norm": grad_norm,

@@ -42,7 +42,7 @@ def test_resume_matches_uninterrupted_run(tiny_shards, tmp_path):
 
 def test_torchrun_ddp_two_processes(tiny_shards, tmp_path):
     run_dir = tmp_path / "ddp"
-    proc = run_cli(tiny_overrides(tiny_shards, run_dir, "train.steps=4", "train.log_every_steps=2",
+    proc = run_cli(tiny_overrides(tiny_shards, run_dir, "parallel=ddp", "train.steps=4", "train.log_every_steps=2",
                                   "train.ckpt_every_steps=2", "train.sample.enabled=false",
                                   "parallel.timeout_s=60"), cwd=tmp_path, nproc=2)
     assert "world 2 = dp 2" in proc.stdout
@@ -52,7 +52,7 @@ def test_torchrun_ddp_two_processes(tiny_shards, tmp_path):
     marker = (run_dir / "checkpoints" / "step-0000004" / "COMPLETE").read_text()
     assert '"world_size": 2' in marker
     # Both ranks wrote their data-loader state into the checkpoint.
-    resumed = run_cli(tiny_overrides(tiny_shards, run_dir, "train.steps=6", "train.log_every_steps=2",
+    resumed = run_cli(tiny_overrides(tiny_shards, run_dir, "parallel=ddp", "train.steps=6", "train.log_every_steps=2",
                                      "train.sample.enabled=false", "parallel.timeout_s=60"),
                       cwd=tmp_path, nproc=2)
     assert "at step 4" in resumed.stdout
