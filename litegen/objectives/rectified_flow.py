@@ -19,8 +19,8 @@ def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
 
 
 class RectifiedFlow:
-    def __init__(self, cfg: RectifiedFlowConfig, dp_rank: int = 0, dp_size: int = 1):
-        self.cfg = cfg  # timesteps are i.i.d. per sample: the data-parallel layout does not matter
+    def __init__(self, cfg: RectifiedFlowConfig):
+        self.cfg = cfg
 
     def sample_timesteps(self, n: int, generator: torch.Generator, device) -> torch.Tensor:
         if self.cfg.timestep_sampling == "logit_normal":
@@ -30,8 +30,9 @@ class RectifiedFlow:
             t = torch.rand(n, generator=generator, device=device)
         return shift_time(t, self.cfg.train_shift)
 
-    def loss(self, model: nn.Module, latents: torch.Tensor, cond: Cond,
-             generator: torch.Generator) -> LossOutput:
+    def loss(self, model: nn.Module, latents: torch.Tensor, cond: Cond, generator: torch.Generator,
+             stratum: tuple[int, int] = (0, 1)) -> LossOutput:
+        """Timesteps are i.i.d. per sample from `generator` (the stratum does not matter)."""
         x0 = latents
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         t = self.sample_timesteps(x0.shape[0], generator, x0.device)

@@ -12,12 +12,12 @@ from litegen.config import LiteGenConfig
 from litegen.data.generate import generate_synthetic_dataset
 from litegen.data.loader import build_loader, expand_shards
 from litegen.encoders import build_text_encoder, build_video_encoder
-from litegen.models import build_model, count_params
+from litegen.models import build_model, count_params, model_plan
 from litegen.objectives import Cond, build_objective
 from litegen.parallel.dims import ParallelDims
 from litegen.parallel.distributed import DistInfo, barrier, is_distributed
 from litegen.parallel.parallelize import build_steps, parallelize, unwrap
-from litegen.parallel.sequence import gradient_scale
+from litegen.parallel.sequence import check_sequence_parallel, gradient_scale
 from litegen.train.checkpoint import Checkpointer
 from litegen.train.conditioning import encode_captions
 from litegen.train.ema import EMA
@@ -139,6 +139,8 @@ def build_dims(cfg: LiteGenConfig, dist_info: DistInfo) -> ParallelDims:
     """Validate the layout (before any work) and, with several processes, build the mesh."""
     dims = ParallelDims.from_config(cfg.parallel, dist_info.world_size,
                                     num_heads=getattr(cfg.model, "num_heads", None))
+    # Before encoders load: a layout the family's attention cores cannot run fails here.
+    check_sequence_parallel(model_plan(cfg.model), dims, cfg.model.family)
     if is_distributed():
         dims.build_mesh(dist_info.device.type)
     return dims
@@ -179,7 +181,7 @@ def build_run(cfg: LiteGenConfig, run_dir: Path, dist_info: DistInfo) -> Run:
         optimizer=optimizer, steps=steps,
         scheduler=build_scheduler(optimizer, cfg.optim, cfg.train.steps),
         ema=build_ema(net, cfg.train.ema_decay),
-        objective=build_objective(cfg.objective, dims.dp_rank(dist_info.rank), dims.dp),
+        objective=build_objective(cfg.objective),
         video_encoder=video_encoder,
         text_encoder=text_encoder,
         loader=build_loader(cfg.data, dims.dp_rank(dist_info.rank), dims.dp,

@@ -22,15 +22,18 @@ def tokens_per_sample(latent_shape: tuple[int, ...], patch: list[int]) -> int:
     return (t // patch[0]) * (h // patch[1]) * (w // patch[2])
 
 
-def forward_backward(run: Run, batch: dict, generator: torch.Generator, scale: float) -> torch.Tensor:
-    """One micro-batch: conditioning, objective loss, backward. Returns the detached loss."""
+def forward_backward(run: Run, batch: dict, generator: torch.Generator, scale: float,
+                     stratum: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """One micro-batch: conditioning, objective loss, backward. Returns the detached loss.
+
+    stratum: the micro-batch's (global index, count) in the step (see Objective.loss)."""
     device = run.dist.device
     cond = batch_cond(batch, run.text_encoder, run.cfg.train.caption_dropout, generator,
                       run.null_cond, device)
     latents = batch["latents"].to(device, non_blocking=True)
     dtype = run.autocast_dtype()
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        out = run.objective.loss(run.model, latents, cond, generator)
+        out = run.objective.loss(run.model, latents, cond, generator, stratum=stratum)
     run.steps.backward(out.loss * scale)
     shape = tuple(latents.shape[1:])
     flops = train_flops_per_sample(run.cfg.model, shape, cond.context.shape[1]) * latents.shape[0]
@@ -46,9 +49,10 @@ def train_step(run: Run, batches: Iterator[dict]) -> torch.Tensor:
     for micro in range(accum):
         gen = micro_batch_generator(run.cfg.train.seed, run.step, run.dp_rank, micro, accum,
                                     run.dist.device)
+        stratum = (run.dp_rank * accum + micro, run.dims.dp * accum)
         # Gradients are reduced across ranks on the last micro-batch only (where the backend can).
         with run.steps.accumulate(last=micro == accum - 1):
-            forward_backward(run, next(batches), gen, run.loss_scale)
+            forward_backward(run, next(batches), gen, run.loss_scale, stratum)
     grad_norm = run.steps.step(run.cfg.optim.grad_clip_norm)
     run.scheduler.step()
     if run.ema is not None:
