@@ -169,17 +169,20 @@ def _paths(plan: ModelPlan, kind: str) -> str:
     return ", ".join((paths,) if isinstance(paths, str) else paths)
 
 
-def sequence_parallel_problems(plan: ModelPlan, dims: ParallelDims, family: str) -> list[tuple[str, str]]:
+def sequence_parallel_problems(plan: ModelPlan, dims: ParallelDims, family: str,
+                               num_heads: Optional[int] = None) -> list[tuple[str, str]]:
     """What this layout cannot do for this family's attention kinds, as (config field, message)."""
     if dims.sp == 1:
         return []
     kinds, problems = plan.kinds(), []
     if "grid" in kinds and dims.sp_ring > 1:
+        # Ulysses splits heads: the largest SP degree it reaches is the part of sp dividing them.
+        ulysses = math.gcd(num_heads, dims.sp) if num_heads else dims.sp
         problems.append(("parallel.sp_ring", (
             f"model.family={family}: its 'grid' attention cores ({_paths(plan, 'grid')}) reshape the whole "
             f"token grid (per frame, per position over time, or in windows); a ring rank only ever holds "
-            f"one contiguous chunk of tokens, so they run under Ulysses only: use parallel.sp_ring=1 "
-            f"parallel.sp_ulysses={dims.sp}")))
+            f"one contiguous chunk of tokens, so they run under Ulysses only, whose degree must divide "
+            f"the heads: use parallel.sp_ring=1 parallel.sp_ulysses={ulysses}")))
     if "grouped" in kinds and plan.token_stack.groups is None:
         problems.append(("parallel", (
             f"model.family={family}: its 'grouped' attention cores ({_paths(plan, 'grouped')}) keep "
@@ -188,9 +191,10 @@ def sequence_parallel_problems(plan: ModelPlan, dims: ParallelDims, family: str)
     return problems
 
 
-def check_sequence_parallel(plan: ModelPlan, dims: ParallelDims, family: str) -> None:
+def check_sequence_parallel(plan: ModelPlan, dims: ParallelDims, family: str,
+                            num_heads: Optional[int] = None) -> None:
     """Raise ConfigError (naming family, core kind, why and the fix) for a layout it cannot run."""
-    problems = sequence_parallel_problems(plan, dims, family)
+    problems = sequence_parallel_problems(plan, dims, family, num_heads)
     if problems:
         raise ConfigError(problems)
 
@@ -204,8 +208,9 @@ def apply_sequence_parallel(model: nn.Module, plan: ModelPlan, dims: ParallelDim
     """Shard `model`'s token stack over the SP group of `rank` (in place; no-op when sp == 1)."""
     if dims.sp == 1:
         return
-    family = getattr(getattr(model, "cfg", None), "family", type(model).__name__)
-    check_sequence_parallel(plan, dims, family)
+    cfg = getattr(model, "cfg", None)
+    check_sequence_parallel(plan, dims, getattr(cfg, "family", type(model).__name__),
+                            getattr(cfg, "num_heads", None))
     stack = getattr(model, plan.token_stack.method, None)
     if stack is None:
         raise ValueError(f"{type(model).__name__} has no token-stack seam {plan.token_stack.method!r}; "

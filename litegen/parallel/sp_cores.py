@@ -40,9 +40,9 @@ class _GatherHeads(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         world = dist.get_world_size(ctx.group)
         b, length, heads, d = grad.shape
-        send = grad.unflatten(2, (world, heads // world)).permute(2, 0, 1, 3, 4).reshape(world * b, length, -1, d)
+        send = grad.unflatten(2, (world, heads // world)).permute(2, 0, 1, 3, 4)  # head group j -> rank j
         out = grad.new_empty((b, length, heads // world, d))
-        comm.reduce_scatter(out, send.contiguous(), ctx.group)
+        comm.reduce_scatter(out, send.reshape(world * b, length, -1, d).contiguous(), ctx.group)
         return out, None
 
 
@@ -98,8 +98,8 @@ def joint_attention(groups, q: Tensor, k: Tensor, v: Tensor, text_q: Tensor, tex
         mask = None
         if text_valid is not None or key_valid is not None:
             mask = torch.cat([_valid_or_ones(text_valid, q.shape[0], length, q.device),
-                              _valid_or_ones(key_valid, q.shape[0], q.shape[1], q.device)], 1)[:, None, None, :]
-        out = attention(queries, keys, values, mask)
+                              _valid_or_ones(key_valid, q.shape[0], q.shape[1], q.device)], 1)
+        out = attention(queries, keys, values, None if mask is None else mask[:, None, None, :])
     text_out, out = out[:, :length], out[:, length:]
     if groups.ulysses_group is not None:
         (out,) = heads_to_seq(groups.ulysses_group, out)

@@ -140,7 +140,8 @@ def build_dims(cfg: LiteGenConfig, dist_info: DistInfo) -> ParallelDims:
     dims = ParallelDims.from_config(cfg.parallel, dist_info.world_size,
                                     num_heads=getattr(cfg.model, "num_heads", None))
     # Before encoders load: a layout the family's attention cores cannot run fails here.
-    check_sequence_parallel(model_plan(cfg.model), dims, cfg.model.family)
+    check_sequence_parallel(model_plan(cfg.model), dims, cfg.model.family,
+                            getattr(cfg.model, "num_heads", None))
     if is_distributed():
         dims.build_mesh(dist_info.device.type)
     return dims

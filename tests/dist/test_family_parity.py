@@ -10,7 +10,8 @@ whole group) and evenly. One spawned 2-rank world runs every family and layout.
 
 The loss and gradient norm after Adam can hide a small error in one path (e.g. CogVideoX's text
 stream), so each family's plain network (no FSDP, outputs made non-zero) is also compared per
-parameter: the output and the SP ranks' summed gradients must equal one process's.
+parameter: the output and the SP ranks' summed gradients must equal one process's. Under SP the
+trainer's sampling path (guidance, each family's sampler) must give both ranks the same clip.
 """
 
 import pytest
@@ -107,6 +108,18 @@ def gradient_errors(family: str, layout: str, grid: tuple[int, int, int]) -> dic
     return errors
 
 
+def sample_summary(run) -> tuple:
+    """The trainer's sampling path under SP (guidance doubles the batch): shape and checksums of a
+    short clip, which every rank of the SP group must compute identically."""
+    from dataclasses import replace
+
+    from litegen.train.sampling import sample_latents
+
+    cfg = replace(run.cfg.train.sample, steps=2, frames=4, height=16, width=16)
+    latents = sample_latents(run.net, run.objective, run.video_encoder, run.text_encoder, cfg, run.dist.device)
+    return tuple(latents.shape), float(latents.sum()), float(latents.abs().sum())
+
+
 def families_worker(shards: str, tmp: str) -> dict:
     import torch.distributed as dist
     from pathlib import Path
@@ -116,6 +129,7 @@ def families_worker(shards: str, tmp: str) -> dict:
         run = build(overrides(shards, family, *LAYOUTS[layout][1]), Path(tmp) / f"{family}-{layout}")
         results[(family, layout)] = train_until(run, STEPS, SHAPES)
         if layout != "fsdp2":
+            results[(family, layout, "sample")] = sample_summary(run)
             results[(family, layout, "grads")] = gradient_errors(family, layout, (3, 3, 3))
     dist.barrier()
     return results
@@ -137,8 +151,13 @@ def reference(tiny_shards, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def world_results(tiny_shards, tmp_path_factory):
-    return run_ranks(families_worker, 2, tiny_shards, str(tmp_path_factory.mktemp("families")))[0]
+def ranks_results(tiny_shards, tmp_path_factory):
+    return run_ranks(families_worker, 2, tiny_shards, str(tmp_path_factory.mktemp("families")))
+
+
+@pytest.fixture(scope="module")
+def world_results(ranks_results):
+    return ranks_results[0]
 
 
 @pytest.mark.parametrize("family,layout", CASES)
@@ -161,3 +180,11 @@ def test_family_gradients_match_one_process(family, layout, world_results):
     assert errors[worst] < 1e-4, (family, layout, worst, errors[worst])
 
 
+
+
+@pytest.mark.parametrize("family,layout", [case for case in CASES if case[1] != "fsdp2"])
+def test_family_samples_under_sp(family, layout, ranks_results):
+    """Both SP ranks produce the same finite clip of the right shape through the sampler."""
+    (shape, total, magnitude), other = ranks_results[0][(family, layout, "sample")], ranks_results[1]
+    assert shape == (1, 12, 4, 8, 8) and magnitude > 0 and total == total
+    assert other[(family, layout, "sample")] == (shape, total, magnitude)
