@@ -9,6 +9,7 @@ timesteps are keyed by the global micro-batch index, see litegen.train.rng).
 import itertools
 from pathlib import Path
 
+import pytest
 import torch
 
 CAPTIONS = ["a red circle moving left on a blue background", "a green square bouncing up and down",
@@ -74,3 +75,20 @@ def single_threaded(fn):
         return fn()
     finally:
         torch.set_num_threads(threads)
+
+
+def one_process_references(runs: dict, tmp_path_factory, steps: int, shapes: list[tuple[int, ...]]) -> dict:
+    """{key: overrides} -> {key: (loss, grad_norm) per step} of one single-threaded process each."""
+    def train_all():
+        return {key: train_until(build_single(overrides, tmp_path_factory.mktemp("reference")), steps, shapes)
+                for key, overrides in runs.items()}
+
+    return single_threaded(train_all)
+
+
+def assert_records_match(got: list, expected: list, steps: int, label) -> None:
+    """Losses and pre-clip gradient norms equal to rtol 1e-5, step by step."""
+    assert len(got) == steps, label
+    for step, ((loss, norm), (ref_loss, ref_norm)) in enumerate(zip(got, expected), start=1):
+        assert loss == pytest.approx(ref_loss, rel=1e-5), (label, step, "loss")
+        assert norm == pytest.approx(ref_norm, rel=1e-5), (label, step, "grad_norm")

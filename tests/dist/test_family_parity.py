@@ -17,7 +17,7 @@ trainer's sampling path (guidance, each family's sampler) must give both ranks t
 import pytest
 import torch
 from harness import run_ranks
-from parity import build, build_single, common_overrides, single_threaded, train_until
+from parity import assert_records_match, build, common_overrides, one_process_references, train_until
 
 pytestmark = pytest.mark.slow
 
@@ -138,16 +138,10 @@ def families_worker(shards: str, tmp: str) -> dict:
 @pytest.fixture(scope="module")
 def reference(tiny_shards, tmp_path_factory):
     """Per family, one process accumulating 1 and 2 micro-batches per step."""
-    def train_all():
-        refs = {}
-        for family in FAMILIES:
-            for micro in sorted({micro for micro, _ in LAYOUTS.values()}):
-                run = build_single(overrides(tiny_shards, family, f"train.grad_accum_steps={micro}"),
-                                   tmp_path_factory.mktemp(f"{family}-ref{micro}"))
-                refs[(family, micro)] = train_until(run, STEPS, SHAPES)
-        return refs
-
-    return single_threaded(train_all)
+    counts = sorted({micro for micro, _ in LAYOUTS.values()})
+    runs = {(family, micro): overrides(tiny_shards, family, f"train.grad_accum_steps={micro}")
+            for family in FAMILIES for micro in counts}
+    return one_process_references(runs, tmp_path_factory, STEPS, SHAPES)
 
 
 @pytest.fixture(scope="module")
@@ -162,11 +156,8 @@ def world_results(ranks_results):
 
 @pytest.mark.parametrize("family,layout", CASES)
 def test_family_layout_matches_one_process(family, layout, reference, world_results):
-    got, expected = world_results[(family, layout)], reference[(family, LAYOUTS[layout][0])]
-    assert len(got) == STEPS
-    for step, ((loss, norm), (ref_loss, ref_norm)) in enumerate(zip(got, expected), start=1):
-        assert loss == pytest.approx(ref_loss, rel=1e-5), (family, layout, step, "loss")
-        assert norm == pytest.approx(ref_norm, rel=1e-5), (family, layout, step, "grad_norm")
+    expected = reference[(family, LAYOUTS[layout][0])]
+    assert_records_match(world_results[(family, layout)], expected, STEPS, (family, layout))
 
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 from harness import extensions_dir, run_ranks
-from parity import build, build_single, common_overrides, single_threaded, train_until as train_shapes
+from parity import (assert_records_match, build, common_overrides, one_process_references,
+                    train_until as train_shapes)
 
 pytestmark = pytest.mark.slow
 
@@ -80,15 +81,9 @@ def layouts_worker(world: int, shards: str, tmp: str) -> dict:
 @pytest.fixture(scope="module")
 def reference(tiny_shards, tmp_path_factory):
     """One process accumulating each step's micro-batches, for every count used above."""
-    def train_all():
-        refs = {}
-        for micro in sorted({micro for _, micro, _ in LAYOUTS.values()}):
-            run = build_single(overrides(tiny_shards, f"train.grad_accum_steps={micro}"),
-                               tmp_path_factory.mktemp(f"ref{micro}"))
-            refs[micro] = train_until(run, STEPS)
-        return refs
-
-    return single_threaded(train_all)
+    counts = sorted({micro for _, micro, _ in LAYOUTS.values()})
+    runs = {micro: overrides(tiny_shards, f"train.grad_accum_steps={micro}") for micro in counts}
+    return one_process_references(runs, tmp_path_factory, STEPS, SHAPES)
 
 
 @pytest.fixture(scope="module")
@@ -107,11 +102,7 @@ def world_results(tiny_shards, tmp_path_factory):
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_layout_matches_one_process(name, reference, world_results):
     world, micro, _ = LAYOUTS[name]
-    got, expected = world_results(world)[name], reference[micro]
-    assert len(got) == STEPS
-    for step, ((loss, norm), (ref_loss, ref_norm)) in enumerate(zip(got, expected), start=1):
-        assert loss == pytest.approx(ref_loss, rel=1e-5), (name, step, "loss")
-        assert norm == pytest.approx(ref_norm, rel=1e-5), (name, step, "grad_norm")
+    assert_records_match(world_results(world)[name], reference[micro], STEPS, name)
 
 
 @pytest.mark.parametrize("name", RESUME)
