@@ -8,8 +8,9 @@ from litegen.config.errors import ConfigError
 from litegen.config.model import ModelConfig, WanConfig
 from litegen.config.schema import (DataConfig, EncodersConfig, LiteGenConfig, LoggingConfig,
                                    ObjectiveConfig, OptimConfig, ParallelConfig,
-                                   RectifiedFlowConfig, SampleConfig, SyntheticDataConfig,
-                                   TextEncoderConfig, TrainConfig, VideoEncoderConfig)
+                                   RectifiedFlowConfig, SampleConfig, SourceConfig, StageConfig,
+                                   SyntheticDataConfig, TextEncoderConfig, TrainConfig,
+                                   VideoEncoderConfig)
 from litegen.config.validate import to_typed
 
 # configs/ lives at the repository root (required layout); the package is installed editable.
@@ -48,6 +49,6 @@ def compose(overrides: list[str] = (), config_name: str = "litegen") -> LiteGenC
 __all__ = [
     "CONFIG_DIR", "ConfigError", "DataConfig", "EncodersConfig", "LiteGenConfig", "LoggingConfig",
     "ModelConfig", "ObjectiveConfig", "OptimConfig", "ParallelConfig", "RectifiedFlowConfig",
-    "SampleConfig", "SyntheticDataConfig", "TextEncoderConfig", "TrainConfig",
+    "SampleConfig", "SourceConfig", "StageConfig", "SyntheticDataConfig", "TextEncoderConfig", "TrainConfig",
     "VideoEncoderConfig", "WanConfig", "compose", "register_configs", "to_typed",
 ]

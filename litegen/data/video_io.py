@@ -6,7 +6,7 @@ yuv420p, which halves chroma resolution, so sharp colour edges come back blurred
 
 from fractions import Fraction
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Union
 
 import av
 import numpy as np
@@ -33,9 +33,9 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float) -> Path:
     return path
 
 
-def read_video(path: PathLike) -> tuple[np.ndarray, float]:
-    """Decode every frame of a video file as uint8 [T, H, W, 3] and its frame rate."""
-    with av.open(str(path)) as container:
+def read_video(path: Union[PathLike, BinaryIO]) -> tuple[np.ndarray, float]:
+    """Decode every frame of a video file (or file object) as uint8 [T, H, W, 3] and its frame rate."""
+    with av.open(path if hasattr(path, "read") else str(path)) as container:
         stream = container.streams.video[0]
         rate = stream.guessed_rate or stream.average_rate or stream.base_rate
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]

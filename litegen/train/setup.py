@@ -10,7 +10,9 @@ from torch import nn
 
 from litegen.config import LiteGenConfig
 from litegen.data.generate import generate_synthetic_dataset
+from litegen.data.buckets import TokenGeometry
 from litegen.data.loader import build_loader, expand_shards
+from litegen.data.schedule import build_schedule
 from litegen.encoders import build_text_encoder, build_video_encoder
 from litegen.models import build_model, count_params
 from litegen.objectives import Cond, build_objective
@@ -19,6 +21,7 @@ from litegen.parallel.distributed import DistInfo, barrier
 from litegen.parallel.parallelize import parallelize
 from litegen.train.checkpoint import Checkpointer, ModelOptimState
 from litegen.train.conditioning import encode_captions
+from litegen.train.data_state import LoaderCheckpoint
 from litegen.train.ema import EMA
 from litegen.train.lr import build_scheduler
 from litegen.train.metrics import Meter, MetricsWriter
@@ -63,7 +66,7 @@ class Run:
         """Everything resumable, one key per stateful piece; per-rank pieces keyed by rank."""
         state = {"train": ModelOptimState(self.model, self.optimizer),
                  "lr_schedule": self.scheduler, "trainer": Progress(self),
-                 f"data.dp_rank{self.dp_rank}": self.loader,
+                 "data": LoaderCheckpoint(self.loader),
                  f"rng.rank{self.dist.rank}": RngState()}
         if self.ema is not None:
             state["ema"] = self.ema
@@ -136,12 +139,15 @@ def build_run(cfg: LiteGenConfig, run_dir: Path, dist_info: DistInfo) -> Run:
     peak, peak_source = peak_tflops(device, cfg.train.peak_tflops)
     return Run(
         cfg=cfg, run_dir=run_dir, dist=dist_info, dims=dims, net=net, model=model,
-        optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.optim, cfg.train.steps),
+        optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.optim, cfg.train.steps,
+                                                       build_schedule(cfg.data).lr_scale),
         ema=EMA(net, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None,
         objective=build_objective(cfg.objective), video_encoder=video_encoder,
         text_encoder=text_encoder,
         loader=build_loader(cfg.data, dims.dp_rank(dist_info.rank), dims.dp,
-                            expected_signature=video_encoder.signature()),
+                            expected_signature=video_encoder.signature(),
+                            geometry=TokenGeometry.of(video_encoder, cfg.model.patch_size),
+                            micro_batches_per_step=cfg.train.grad_accum_steps),
         null_cond=encode_captions(text_encoder, [""], device),
         checkpointer=Checkpointer(run_dir / "checkpoints", cfg.train.keep_last_k, dist_info),
         meter=Meter(dist_info, peak), peak_source=peak_source)
@@ -166,7 +172,8 @@ def describe(run: Run) -> dict[str, Any]:
         "layout": f"world {run.dist.world_size} = dp {run.dims.dp} x sp {run.dims.sp} "
                   f"({cfg.parallel.backend}) on {run.dist.device.type}",
         "batch": f"{cfg.data.batch_size} clips/rank x {cfg.train.grad_accum_steps} accum "
-                 f"x {run.dims.dp} dp",
+                 f"x {run.dims.dp} dp" if not cfg.data.stages and not cfg.data.token_budget else
+                 f"{len(cfg.data.stages) or 1} stage(s), see data.stages / data.token_budget",
         "data": cfg.data.shards,
         "peak for MFU": f"{run.meter.peak_tflops:.2f} TFLOP/s ({run.peak_source})"
                         if run.meter.peak_tflops else run.peak_source,
