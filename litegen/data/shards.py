@@ -258,7 +258,11 @@ class BadSample(ValueError):
 
     REASONS = ("unreadable_shard", "missing_part", "bad_metadata", "undecodable")
 
-    def __init__(self, shard: str, key: Optional[str], reason: str, detail: str = ""):
+    def __init__(self, shard: str, key: Optional[str] = None, reason: Optional[str] = None, detail: str = ""):
+        if reason is None:  # rebuilt from its message alone (DataLoader re-raising a worker's error)
+            self.shard, self.key, self.reason = None, None, None
+            super().__init__(shard)
+            return
         assert reason in self.REASONS, reason
         self.shard, self.key, self.reason = shard, key, reason
         where = f"sample {key!r}" if key is not None else "before the first sample"

@@ -75,9 +75,11 @@ def rebalance_packed(batch: dict, budget: int, device: torch.device, group=None)
         send.append(torch.cat([_flat(batch, name, i) for i in mine]).to(device) if mine
                     else torch.empty(0, device=device))
     sizes = [sum(_numel(infos[src][i]) for s, i in plan[me] if s == src) for src in range(world)]
-    recv = [torch.empty(n, device=device) for n in sizes]
-    dist.all_to_all(recv, send, group=group)
-    return _rebuilt(batch, name, plan[me], infos, recv)
+    recv = torch.empty(sum(sizes), device=device)
+    # all_to_all_single: gloo's list all_to_all wants equal sizes, the clips rarely are.
+    dist.all_to_all_single(recv, torch.cat(send), output_split_sizes=sizes,
+                           input_split_sizes=[len(t) for t in send], group=group)
+    return _rebuilt(batch, name, plan[me], infos, list(recv.split(sizes)))
 
 
 def _rebuilt(batch: dict, name: str, mine: list[tuple[int, int]], infos: list[list[dict]],

@@ -12,6 +12,7 @@ from litegen.data.buckets import TokenGeometry
 from litegen.data.generate import generate_synthetic_dataset
 from litegen.data.loader import build_loader, global_state
 from litegen.encoders import build_video_encoder
+from data_helpers import epoch_keys
 
 NUM_CLIPS, SHARDS = 48, 8
 SHAPES = [[8, 16, 16], [8, 16, 24], [4, 16, 16]]
@@ -88,21 +89,6 @@ def test_state_holds_references_not_tensors(shards):
     assert reader["pool"] and all(len(ref) == 2 for ref in reader["pool"] + reader["shuffle"])
 
 
-def epoch_zero_keys(loaders: list, limit: int = 400) -> tuple[list[str], int]:
-    """Epoch-0 keys delivered by round-robin stepping of `loaders` (one per rank) until none of
-    their readers holds or will read an epoch-0 unit (units 0..SHARDS-1); also the steps taken."""
-    keys, iters = [], [iter(x) for x in loaders]
-    for step in range(limit):
-        for source, it in zip(loaders, iters):
-            batch = next(it)
-            keys += [k for k, e in zip(batch["keys"], batch["epochs"]) if e == 0]
-        readers = [r for x in loaders for r in x.state_dict()["readers"]]
-        if all(r["next_unit"] >= SHARDS and all(u >= SHARDS for u, _ in r["queue"] + r["shuffle"] + r["pool"])
-               for r in readers):
-            return keys, step + 1
-    raise AssertionError("epoch 0 did not finish")
-
-
 @pytest.mark.parametrize("before,after", [((2, 0), (1, 0)), ((2, 2), (1, 1)), ((1, 2), (2, 0))])
 def test_elastic_resume_sees_every_sample_of_the_epoch_once(shards, before, after):
     """(dp ranks, workers) before -> after a resume in the middle of epoch 0, in packed mode."""
@@ -120,7 +106,7 @@ def test_elastic_resume_sees_every_sample_of_the_epoch_once(shards, before, afte
     for source in new:
         source.load_state_dict(state)
         assert source.delivered == 3
-    rest, _ = epoch_zero_keys(new)
+    rest = epoch_keys(new, 0, SHARDS)
     assert sorted(seen + rest) == [f"shapes-{i:06d}" for i in range(NUM_CLIPS)]
 
 

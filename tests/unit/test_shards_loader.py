@@ -16,6 +16,7 @@ from litegen.config.schema import DataConfig, SyntheticDataConfig
 from litegen.data.generate import generate_synthetic_dataset, render_indexed
 from litegen.data.loader import build_loader, expand_shards
 from litegen.data.shards import ShardWriter, decode_latent, iter_shard
+from data_helpers import epoch_keys
 
 SHAPES = [[8, 16, 16], [8, 16, 24]]
 NUM_CLIPS = 40
@@ -193,23 +194,9 @@ def test_loader_buckets_and_endless_epochs(dataset):
     assert {tuple(b["latents"].shape[1:]) for b in batches} == {(12, 8, 8, 8), (12, 8, 8, 12)}
 
 
-def epoch_keys(loader, epoch: int, limit: int = 200) -> list[str]:
-    """Keys of `epoch` the loader delivers until its readers have moved past that epoch's units."""
-    keys = []
-    for count, batch in enumerate(loader):
-        keys += [k for k, e in zip(batch["keys"], batch["epochs"]) if e == epoch]
-        states = loader.state_dict()["readers"]
-        # Single source of 8 shards: units 8e..8e+7 are epoch e.
-        done = all(s["next_unit"] >= (epoch + 1) * 8 and
-                   all(u >= (epoch + 1) * 8 for u, _ in s["queue"] + s["shuffle"] + s["pool"]) for s in states)
-        if done or count == limit:
-            return keys
-    return keys
-
-
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_dp_ranks_split_an_epoch_disjointly_and_completely(dataset, num_workers):
-    keys = [epoch_keys(build_loader(data_cfg(dataset, batch_size=1, num_workers=num_workers), rank, 2), 0)
+    keys = [epoch_keys([build_loader(data_cfg(dataset, batch_size=1, num_workers=num_workers), rank, 2)], 0, 8)
             for rank in range(2)]
     assert not set(keys[0]) & set(keys[1])
     assert sorted(keys[0] + keys[1]) == [f"shapes-{i:06d}" for i in range(NUM_CLIPS)]
