@@ -4,6 +4,7 @@ GIFs are lossless for clips of at most 256 distinct colours (the synthetic shape
 yuv420p, which halves chroma resolution, so sharp colour edges come back blurred.
 """
 
+import io
 from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -31,6 +32,15 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float) -> Path:
         else:
             _encode_mp4(container, frames, fps)
     return path
+
+
+def encode_mp4_bytes(frames: np.ndarray, fps: float) -> bytes:
+    """uint8 [T, H, W, 3] as H.264 MP4 bytes (what shards store as a sample's `mp4`)."""
+    frames = _check_frames(frames)
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        _encode_mp4(container, frames, fps)
+    return buffer.getvalue()
 
 
 def read_video(path: Union[PathLike, BinaryIO]) -> tuple[np.ndarray, float]:

@@ -1,0 +1,1 @@
+"""Command-line tools around training: `python -m litegen.tools.prep` (videos -> shards)."""
