@@ -3,9 +3,11 @@
 1. Throughput, on the same shards, same decoding (torch.load of latent.pth, caption, json) and
    the same batching (batch_size clips of one latent shape), same worker count:
    * ours: litegen.data.loader in bucket mode;
-   * naive per-sample: a map-style Dataset over an index of (shard, member offsets) that opens
-     the shard and reads one sample per __getitem__, DataLoader(batch_size=1) (it cannot stack
-     clips of different shapes);
+   * naive per-sample: a map-style Dataset over (shard, key) whose __getitem__ opens the shard
+     with tarfile and extracts that sample's members by name, in a DataLoader(batch_size=1,
+     shuffle=True) (it cannot stack clips of different shapes): what one writes first;
+   * indexed per-sample (reference, no target): the same, but seeking to member offsets indexed
+     once up front, so each sample costs one open and three reads;
    * plain webdataset: WebDataset(...).shuffle().map(decode) + a same-shape batching stage,
      in a webdataset.WebLoader.
    Runs are interleaved (ours, naive, wds, ours, ...); the figure is the median of --repeats.
@@ -64,7 +66,28 @@ def ours(shards: str, batch: int, workers: int):
 
 
 class PerSample(Dataset):
-    """One sample per __getitem__: open the shard, seek to its members, read, decode."""
+    """One sample per __getitem__: open its shard, extract its members by name, decode."""
+
+    def __init__(self, shards: list[str]):
+        self.index = []
+        for shard in shards:
+            with tarfile.open(shard) as tar:
+                keys = sorted({m.name.partition(".")[0] for m in tar.getmembers()})
+            self.index += [(shard, key) for key in keys]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        shard, key = self.index[i]
+        with tarfile.open(shard) as tar:  # finding a member by name reads the archive's headers
+            data = {part: tar.extractfile(f"{key}.{part}").read() for part in ("latent.pth", "txt", "json")}
+        return {"latent": decode_latent(data["latent.pth"]), "caption": data["txt"].decode(),
+                "meta": json.loads(data["json"])}
+
+
+class IndexedPerSample(Dataset):
+    """One sample per __getitem__: open the shard, seek to its members' indexed offsets, read, decode."""
 
     def __init__(self, shards: list[str]):
         self.index = []
@@ -91,12 +114,21 @@ class PerSample(Dataset):
                 "meta": json.loads(data["json"])}
 
 
-def naive(shards: str, batch: int, workers: int):
-    files = sorted(str(p) for p in Path(shards).parent.glob(Path(shards).name))
-    loader = DataLoader(PerSample(files), batch_size=1, shuffle=True, num_workers=workers,
-                        collate_fn=lambda items: items[0])
-    for sample in loader:
-        yield 1, tokens_of(sample["latent"].shape)
+def _per_sample(dataset_class):
+    def make(shards: str, batch: int, workers: int):
+        files = sorted(str(p) for p in Path(shards).parent.glob(Path(shards).name))
+        loader = DataLoader(dataset_class(files), batch_size=1, shuffle=True, num_workers=workers,
+                            collate_fn=_first)
+        for sample in loader:
+            yield 1, tokens_of(sample["latent"].shape)
+    return make
+
+
+def _first(items):
+    return items[0]
+
+
+naive, indexed = _per_sample(PerSample), _per_sample(IndexedPerSample)
 
 
 def _wds_decode(sample: dict) -> dict:
@@ -196,7 +228,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--ranks", type=int, default=8)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--token-budget", type=int, default=8192)
@@ -210,15 +242,21 @@ def main() -> None:
         shards = str(folder / "shard-*.tar")
         print(f"data: {args.clips} clips in {args.clips // 64} shards, shapes {SHAPES}")
 
-        rates = {"ours": [], "naive": [], "webdataset": []}
-        for _ in range(args.repeats):
-            for name, make in (("ours", ours), ("naive", naive), ("webdataset", plain_wds)):
-                rates[name].append(throughput(make, shards, args.batch, args.workers, args.clips // 2))
+        loaders = [("ours", ours), ("naive", naive), ("indexed", indexed), ("webdataset", plain_wds)]
+        rates = {name: [] for name, _ in loaders}
+        for rep in range(args.repeats):
+            for name, make in loaders[rep % 4:] + loaders[:rep % 4]:  # rotated: no loader always goes first
+                rates[name].append(throughput(make, shards, args.batch, args.workers, args.clips))
         med = {k: (statistics.median(s for s, _ in v), statistics.median(t for _, t in v)) for k, v in rates.items()}
         print(f"\nthroughput ({args.workers} workers, batch {args.batch}, median of {args.repeats}):")
         for name, (sps, tps) in med.items():
-            print(f"  {name:11s} {sps:8.0f} samples/s {tps:10.0f} tokens/s")
+            spread = [s for s, _ in rates[name]]
+            print(f"  {name:11s} {sps:8.0f} samples/s {tps:10.0f} tokens/s   "
+                  f"(samples/s over repeats: {min(spread):.0f} .. {max(spread):.0f})")
+        ratios = [a[0] / b[0] for a, b in zip(rates["ours"], rates["webdataset"])]
+        print(f"  ours / webdataset per repeat: {min(ratios):.2f} .. {max(ratios):.2f}")
         print(f"  ours / naive      {med['ours'][0] / med['naive'][0]:.2f}x  (target >= 3)")
+        print(f"  ours / indexed    {med['ours'][0] / med['indexed'][0]:.2f}x  (reference)")
         print(f"  ours / webdataset {med['ours'][0] / med['webdataset'][0]:.2f}x  (target >= 1.0)")
 
         ours_steps = packed_steps(shards, args.ranks, args.steps, args.token_budget)
