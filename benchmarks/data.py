@@ -25,8 +25,6 @@
 """
 
 import argparse
-import io
-import itertools
 import json
 import statistics
 import tarfile

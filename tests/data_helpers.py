@@ -1,4 +1,7 @@
-"""Helpers shared by the data tests: stepping loaders through one epoch."""
+"""Helpers shared by the data tests: stepping loaders through one epoch, stopping and resuming."""
+
+import itertools
+import json
 
 
 def epoch_keys(loaders: list, epoch: int, units_per_epoch: int, limit: int = 400) -> list[str]:
@@ -16,3 +19,15 @@ def epoch_keys(loaders: list, epoch: int, units_per_epoch: int, limit: int = 400
                for r in readers):
             return keys
     raise AssertionError(f"epoch {epoch} did not finish within {limit} steps")
+
+
+def stop_and_resume(build, n: int, m: int) -> tuple[list[dict], list[dict], list[dict], object]:
+    """An uninterrupted stream of n + m batches, the first n of a loader stopped there, and m more
+    from a new loader resumed from its state (passed through JSON, as a checkpoint holds it).
+    Returns (reference, first, resumed, the stopped loader)."""
+    reference = list(itertools.islice(iter(build()), n + m))
+    stopped = build()
+    first = list(itertools.islice(iter(stopped), n))
+    resumed = build()
+    resumed.load_state_dict(json.loads(json.dumps(stopped.state_dict())))
+    return reference, first, list(itertools.islice(iter(resumed), m)), stopped

@@ -16,7 +16,7 @@ from litegen.config.schema import DataConfig, SyntheticDataConfig
 from litegen.data.generate import generate_synthetic_dataset, render_indexed
 from litegen.data.loader import build_loader, expand_shards
 from litegen.data.shards import ShardWriter, decode_latent, iter_shard
-from data_helpers import epoch_keys
+from data_helpers import epoch_keys, stop_and_resume
 
 SHAPES = [[8, 16, 16], [8, 16, 24]]
 NUM_CLIPS = 40
@@ -206,16 +206,10 @@ def test_dp_ranks_split_an_epoch_disjointly_and_completely(dataset, num_workers)
 def test_resume_is_exact(dataset, num_workers, dp_rank, dp_size):
     cfg = data_cfg(dataset, num_workers=num_workers)
     n, m = 7, 12  # spans epoch boundaries: a reader has at most 5 batches of 2 per epoch here
-    reference = take(build_loader(cfg, dp_rank, dp_size), n + m)
-
-    first = build_loader(cfg, dp_rank, dp_size)
-    assert_same_batches(take(first, n), reference[:n])
-    state = json.loads(json.dumps(first.state_dict()))  # must survive a checkpoint as plain data
-
-    resumed = build_loader(cfg, dp_rank, dp_size)
-    resumed.load_state_dict(state)
-    assert_same_batches(take(resumed, m), reference[n:])
-    assert_same_batches(take(first, m), reference[n:])  # a new iter() also continues, not restarts
+    reference, first, resumed, stopped = stop_and_resume(lambda: build_loader(cfg, dp_rank, dp_size), n, m)
+    assert_same_batches(first, reference[:n])
+    assert_same_batches(resumed, reference[n:])
+    assert_same_batches(take(stopped, m), reference[n:])  # a new iter() also continues, not restarts
 
 
 def test_resume_refuses_another_stream(dataset):
