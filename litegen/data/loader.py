@@ -95,10 +95,6 @@ class ShardLoader:
         return DataLoader(dataset, batch_size=None, num_workers=self.num_workers, in_order=True,
                           collate_fn=_as_is)
 
-
-def _as_is(batch: dict) -> dict:
-    return batch
-
     def skip_counts(self) -> dict[str, int]:
         """Bad samples skipped by this rank's readers so far, by reason (as of delivered batches)."""
         total: dict[str, int] = {}
@@ -149,6 +145,10 @@ def _as_is(batch: dict) -> dict:
         if changed:
             raise ValueError("data loader state is from a different stream (other shards, sources, weights "
                              "or data.seed): " + "; ".join(changed))
+
+
+def _as_is(batch: dict) -> dict:
+    return batch
 
 
 def global_state(rank_states: list[dict]) -> dict[str, Any]:

@@ -171,10 +171,17 @@ def describe(run: Run) -> dict[str, Any]:
         "objective": cfg.objective.name,
         "layout": f"world {run.dist.world_size} = dp {run.dims.dp} x sp {run.dims.sp} "
                   f"({cfg.parallel.backend}) on {run.dist.device.type}",
-        "batch": f"{cfg.data.batch_size} clips/rank x {cfg.train.grad_accum_steps} accum "
-                 f"x {run.dims.dp} dp" if not cfg.data.stages and not cfg.data.token_budget else
-                 f"{len(cfg.data.stages) or 1} stage(s), see data.stages / data.token_budget",
+        "batch": f"{batch_summary(cfg)}/rank x {cfg.train.grad_accum_steps} accum x {run.dims.dp} dp",
         "data": cfg.data.shards,
         "peak for MFU": f"{run.meter.peak_tflops:.2f} TFLOP/s ({run.peak_source})"
                         if run.meter.peak_tflops else run.peak_source,
     }
+
+
+def batch_summary(cfg: LiteGenConfig) -> str:
+    """'8 clips', 'packs of <= 6144 tokens', or each stage's from its start step."""
+    stages = build_schedule(cfg.data).stages
+    sizes = [f"packs of <= {s.token_budget} tokens" if s.packed else f"{s.batch_size} clips" for s in stages]
+    if len(stages) == 1:
+        return sizes[0]
+    return "; ".join(f"{s.name} from step {s.start_step}: {size}" for s, size in zip(stages, sizes))
