@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from litegen.config import LiteGenConfig
@@ -159,7 +160,14 @@ def resume_if_possible(run: Run) -> Optional[Path]:
     if latest is None:
         return None
     _, path = latest
-    run.checkpointer.load(path, run.checkpoint_state())
+    state = run.checkpoint_state()
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    rng_key = f"rng.rank{run.dist.rank}"
+    if not any(key.startswith(rng_key + ".") for key in saved):
+        # Resuming on more ranks than saved: this rank's global RNG starts fresh; per-step
+        # randomness is derived from (seed, rank, step) and needs no saved state.
+        del state[rng_key]
+    run.checkpointer.load(path, state)
     return path
 
 
