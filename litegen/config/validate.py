@@ -56,6 +56,11 @@ def cross_problems(cfg: LiteGenConfig) -> Iterator[tuple[str, str]]:
 def _bucket_problems(cfg: LiteGenConfig) -> Iterator[tuple[str, str]]:
     """Buckets must map to whole patches, and a packing stage's budget must hold its largest bucket."""
     data, video = cfg.data, cfg.encoders.video
+    budgets = [data.token_budget] + [data.token_budget if s.token_budget is None else s.token_budget
+                                     for s in data.stages]
+    if any(budgets) and cfg.parallel.sp_ring * cfg.parallel.sp_ulysses > 1:
+        yield "data.token_budget", ("packed batches (variable-length attention) do not run under sequence "
+                                    "parallelism yet: set token budgets to 0 or parallel.sp_ring=1 sp_ulysses=1")
     for name, shape in data.buckets.items():
         if len(shape) == 3:
             yield from _shape_problems(f"data.buckets.{name}", *shape, cfg)

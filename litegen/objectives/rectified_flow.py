@@ -38,7 +38,7 @@ class RectifiedFlow:
             noise = torch.randn(latents.tokens.shape, generator=generator, device=latents.tokens.device,
                                 dtype=latents.tokens.dtype)
             t = self.sample_timesteps(len(latents), generator, latents.tokens.device)
-            per_clip = packed_clip_losses(model, latents, noise, t, cond)
+            per_clip = self.packed_losses(model, latents, noise, t, cond)
             return LossOutput(per_clip.mean(), {"t_mean": float(t.mean())})
         x0 = latents
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -49,6 +49,23 @@ class RectifiedFlow:
         # fp32 loss: under bf16 autocast the prediction is bf16, the MSE reduction should not be.
         loss = F.mse_loss(pred.float(), (noise - x0).float())
         return LossOutput(loss, {"t_mean": float(t.mean())})
+
+    def packed_losses(self, model: nn.Module, packed: PackedClips, noise: torch.Tensor, t: torch.Tensor,
+                      cond: Cond) -> torch.Tensor:
+        """Velocity MSE of each packed clip [n]: clip i is noised to its own t[i] and scored alone."""
+        x0, layout = packed.tokens, packed.layout
+        t_tok = t[layout.segment_ids]  # [S]: each token's clip's timestep
+        t_b = t_tok.view(1, -1, 1).to(x0.dtype)
+        x_t = (1.0 - t_b) * x0 + t_b * noise
+        out = model(x_t, t, cond.context, cond.context_mask, layout=layout)
+        # Rows are tokens here, so the per-row t of `velocity` is the per-token timestep.
+        pred = self.velocity(out[0], x_t[0], t_tok)
+        err = (pred.float() - (noise - x0)[0].float()).square().mean(-1)  # [S]: mean over a token's values
+        return per_clip_mean(err, layout)
+
+    def velocity(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network output as a velocity (the seam other parameterisations convert in)."""
+        return output
 
     def time_grid(self, steps: int, device) -> torch.Tensor:
         return shift_time(torch.linspace(1.0, 0.0, steps + 1, device=device), self.cfg.sample_shift)
@@ -65,13 +82,3 @@ class RectifiedFlow:
             x = x + (t_next - t_now) * v.to(x.dtype)
         return x
 
-
-def packed_clip_losses(model: nn.Module, packed: PackedClips, noise: torch.Tensor, t: torch.Tensor,
-                       cond: Cond) -> torch.Tensor:
-    """Velocity MSE of each packed clip [n]: clip i is noised to its own t[i] and scored alone."""
-    x0, layout = packed.tokens, packed.layout
-    t_tok = t[layout.segment_ids].view(1, -1, 1).to(x0.dtype)
-    x_t = (1.0 - t_tok) * x0 + t_tok * noise
-    pred = model(x_t, t, cond.context, cond.context_mask, layout=layout)
-    err = (pred.float() - (noise - x0).float()).square().mean(-1)[0]  # [S]: mean over a token's values
-    return per_clip_mean(err, layout)

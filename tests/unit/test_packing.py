@@ -14,7 +14,6 @@ from litegen.models import build_model
 from litegen.models.attention import Varlen, attention, attention_backend
 from litegen.models.packed import pack_clips, unpack_clips
 from litegen.objectives import Cond, RectifiedFlow
-from litegen.objectives.rectified_flow import packed_clip_losses
 
 SHAPES = [(2, 4, 6), (1, 2, 2), (3, 4, 4)]  # latent (T, H, W) of three clips of different sizes
 TEXT_LENS = [5, 2, 7]  # real caption tokens of each (padded to 8)
@@ -103,7 +102,7 @@ def test_packed_loss_is_the_mean_of_per_clip_losses():
     gen = torch.Generator().manual_seed(5)
     noise = torch.randn(packed.tokens.shape, generator=gen)
     t = torch.rand(len(latents), generator=gen)
-    loss = packed_clip_losses(model, packed, noise, t, cond).mean()
+    loss = RectifiedFlow(RectifiedFlowConfig()).packed_losses(model, packed, noise, t, cond).mean()
     per_clip = []
     for i, (x0, eps) in enumerate(zip(latents, unpack_clips(noise, packed.layout, (1, 2, 2)))):
         x_t = (1 - t[i]) * x0 + t[i] * eps
