@@ -5,7 +5,9 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 
 from litegen.config.errors import ConfigError
+from litegen.config.families import CogVideoXConfig, SnapVideoConfig, VchitectConfig, WorldDreamerConfig
 from litegen.config.model import ModelConfig, WanConfig
+from litegen.config.objectives import EDMConfig, MaskedTokensConfig, VPredictionConfig
 from litegen.config.schema import (DataConfig, EncodersConfig, LiteGenConfig, LoggingConfig,
                                    ObjectiveConfig, OptimConfig, ParallelConfig,
                                    RectifiedFlowConfig, SampleConfig, SourceConfig, StageConfig,
@@ -20,6 +22,14 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 SCHEMAS = {
     ("model", "wan_schema"): WanConfig,
     ("objective", "rectified_flow_schema"): RectifiedFlowConfig,
+    # model families and objectives of issue 6
+    ("model", "cogvideox_schema"): CogVideoXConfig,
+    ("model", "vchitect_schema"): VchitectConfig,
+    ("model", "snapvideo_schema"): SnapVideoConfig,
+    ("model", "worlddreamer_schema"): WorldDreamerConfig,
+    ("objective", "v_prediction_schema"): VPredictionConfig,
+    ("objective", "edm_schema"): EDMConfig,
+    ("objective", "masked_tokens_schema"): MaskedTokensConfig,
     ("optim", "optim_schema"): OptimConfig,
     ("train", "train_schema"): TrainConfig,
     ("data", "data_schema"): DataConfig,
@@ -47,6 +57,8 @@ def compose(overrides: list[str] = (), config_name: str = "litegen") -> LiteGenC
 
 
 __all__ = [
+    "CogVideoXConfig", "EDMConfig", "MaskedTokensConfig", "SnapVideoConfig", "VPredictionConfig",
+    "VchitectConfig", "WorldDreamerConfig",
     "CONFIG_DIR", "ConfigError", "DataConfig", "EncodersConfig", "LiteGenConfig", "LoggingConfig",
     "ModelConfig", "ObjectiveConfig", "OptimConfig", "ParallelConfig", "RectifiedFlowConfig",
     "SampleConfig", "SourceConfig", "StageConfig", "SyntheticDataConfig", "TextEncoderConfig", "TrainConfig",

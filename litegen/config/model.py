@@ -42,6 +42,11 @@ class WanConfig(ModelConfig):
     rope_theta: float = 10000.0
     # The network sees t in [0, 1]; Wan was trained on t*1000, kept so converted weights work.
     timestep_scale: float = 1000.0
+    # Add fixed (parameter-free) 3D sinusoids of each token's (frame, row, col) after the patch
+    # embedding. Not in Wan: RoPE-only attention is translation-equivariant except at the
+    # borders, so placing content at absolute positions is learned only slowly from border
+    # effects. Large runs learn it; the few-minute CPU experiment cannot, and turns this on.
+    absolute_pos_embed: bool = False
 
     @property
     def head_dim(self) -> int:

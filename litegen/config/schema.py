@@ -41,10 +41,16 @@ class RectifiedFlowConfig(ObjectiveConfig):
     logit_std: float = 1.0
     train_shift: float = 1.0  # SD3-style shift applied to sampled t (>1 favours noisier t)
     sample_shift: float = 3.0  # shift of the Euler sampler's time grid
+    # What the network outputs: `velocity` (v = noise - x0, Wan/SD3) or `data` (x0; the loss is
+    # still taken on the implied velocity). Data prediction suits pixel-space tokens whose noise
+    # is wider than the network (JiT, "Back to Basics", 2025): clean clips are low-dimensional.
+    prediction: str = "velocity"
+    min_t_data: float = 0.05  # data prediction divides by t; clamp it for the implied velocity
 
     def problems(self) -> Problems:
         yield from _one_of(self, "timestep_sampling", ("logit_normal", "uniform"))
-        yield from _positive(self, "logit_std", "train_shift", "sample_shift")
+        yield from _one_of(self, "prediction", ("velocity", "data"))
+        yield from _positive(self, "logit_std", "train_shift", "sample_shift", "min_t_data")
 
 
 @dataclass
@@ -128,6 +134,9 @@ class SyntheticDataConfig:
     shapes: list[list[int]] = field(default_factory=lambda: [[8, 32, 32], [8, 32, 48], [8, 48, 32], [12, 32, 32]])
     fps: int = 8
     seed: int = 1234
+    # Where paths start: 0 = the caption alone determines the clip (a tiny model learns it in
+    # minutes); 1 = anywhere the motion fits (a harder, multimodal distribution).
+    position_jitter: float = 0.0
     # Stored latent precision. fp16 halves the dataset; pixel-encoder latents still round back
     # to the exact uint8 pixels (fp16 error < half a pixel level).
     latent_dtype: str = "fp16"  # fp32 | bf16 | fp16
@@ -135,6 +144,8 @@ class SyntheticDataConfig:
     def problems(self) -> Problems:
         yield from _positive(self, "num_clips", "clips_per_shard", "fps")
         yield from _one_of(self, "latent_dtype", ("fp32", "bf16", "fp16"))
+        if not 0.0 <= self.position_jitter <= 1.0:
+            yield "position_jitter", f"must be in [0, 1], got {self.position_jitter}"
         if not self.shapes or any(len(s) != 3 or min(s) < 1 for s in self.shapes):
             yield "shapes", f"must be a non-empty list of [frames, height, width], got {self.shapes}"
 
@@ -285,20 +296,33 @@ class EncodersConfig:
 
 @dataclass
 class ParallelConfig:
-    backend: str = "ddp"  # ddp (the reference data-parallel backend)
-    dp_replicate: int = 1
+    """How the world splits: dp_replicate x dp_shard x sp_ring x sp_ulysses ranks (see README)."""
+
+    backend: str = "fsdp2"  # fsdp2 | deepspeed | ddp (the reference)
+    dp_replicate: int = 1  # > 1 with fsdp2: HSDP (replicate across groups, shard within)
     dp_shard: int = -1  # -1: the rest of the world
-    sp_ring: int = 1
-    sp_ulysses: int = 1
+    sp_ring: int = 1  # ring-attention degree (K/V passed around the ring)
+    sp_ulysses: int = 1  # Ulysses degree (all-to-all to heads); must divide the attention heads
+    reshard_after_forward: bool = True  # fsdp2: free gathered params after forward (ZeRO-3 style)
+    param_dtype: str = "auto"  # fsdp2 compute dtype: auto (follows train.mixed_precision) | bf16 | fp32
+    reduce_dtype: str = "fp32"  # fsdp2 gradient reduction dtype
+    zero_stage: int = 2  # deepspeed ZeRO stage 1 | 2 | 3
     dist_backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
     timeout_s: int = 600  # collective timeout; a dead rank surfaces as an error after this
 
     def problems(self) -> Problems:
-        yield from _one_of(self, "backend", ("ddp",))
+        yield from _one_of(self, "backend", ("fsdp2", "deepspeed", "ddp"))
         yield from _one_of(self, "dist_backend", ("auto", "nccl", "gloo"))
+        yield from _one_of(self, "param_dtype", ("auto", "bf16", "fp32"))
+        yield from _one_of(self, "reduce_dtype", ("fp32", "bf16"))
         yield from _positive(self, "dp_replicate", "sp_ring", "sp_ulysses", "timeout_s")
         if self.dp_shard == 0 or self.dp_shard < -1:
             yield "dp_shard", f"must be >= 1 or -1 (the rest of the world), got {self.dp_shard}"
+        if self.zero_stage not in (1, 2, 3):
+            yield "zero_stage", f"must be 1, 2 or 3, got {self.zero_stage}"
+        if self.dp_replicate > 1 and self.backend != "fsdp2":
+            yield "dp_replicate", (f"replicate groups (HSDP) need backend=fsdp2, got {self.backend!r}; "
+                                   "use parallel.dp_replicate=1")
 
 
 @dataclass

@@ -33,6 +33,26 @@ def _shape_problems(path: str, frames: int, height: int, width: int, cfg: LiteGe
                      f"encoder x patch units of {t_unit}x{s_unit * patch[1]}x{s_unit * patch[2]}")
 
 
+def _objective_problems(cfg: LiteGenConfig) -> Iterator[tuple[str, str]]:
+    """Token models and the masked-token objective only work together, with matching codebooks."""
+    tokens_model, tokens_objective = cfg.model.family == "worlddreamer", cfg.objective.name == "masked_tokens"
+    if tokens_model != tokens_objective:
+        yield "objective.name", (f"model.family={cfg.model.family!r} with objective={cfg.objective.name!r}: "
+                                 "the worlddreamer family predicts discrete tokens and trains only with "
+                                 "objective=masked_tokens (and that objective only trains worlddreamer)")
+    elif tokens_model:
+        if cfg.model.vocab_size != cfg.objective.vocab_size:
+            yield "model.vocab_size", (f"must equal the tokenizer's codebook ({cfg.objective.vocab_size} = "
+                                       f"objective.palette_levels^3), got {cfg.model.vocab_size}")
+        if cfg.model.patch_size != [1, cfg.objective.palette_patch, cfg.objective.palette_patch]:
+            yield "model.patch_size", (f"must be the tokenizer's downsampling [1, p, p] with p = "
+                                       f"objective.palette_patch={cfg.objective.palette_patch}, "
+                                       f"got {cfg.model.patch_size}")
+        if cfg.objective.latent_channels != cfg.model.in_channels:
+            yield "objective.latent_channels", (f"must equal model.in_channels={cfg.model.in_channels}, "
+                                                f"got {cfg.objective.latent_channels}")
+
+
 def cross_problems(cfg: LiteGenConfig) -> Iterator[tuple[str, str]]:
     """Rules that span sections: encoder widths must match the model's inputs."""
     video, text, model = cfg.encoders.video, cfg.encoders.text, cfg.model
@@ -45,6 +65,7 @@ def cross_problems(cfg: LiteGenConfig) -> Iterator[tuple[str, str]]:
                 f"model.in_channels={channels} model.out_channels={channels}")
     if text.kind == "hashed" and model.text_dim != text.dim:
         yield "model.text_dim", f"must equal encoders.text.dim={text.dim}, got {model.text_dim}"
+    yield from _objective_problems(cfg)
     s = cfg.train.sample
     yield from _shape_problems("train.sample", s.frames, s.height, s.width, cfg)
     for i, shape in enumerate(cfg.data.synthetic.shapes):
@@ -61,6 +82,10 @@ def _bucket_problems(cfg: LiteGenConfig) -> Iterator[tuple[str, str]]:
     if any(budgets) and cfg.parallel.sp_ring * cfg.parallel.sp_ulysses > 1:
         yield "data.token_budget", ("packed batches (variable-length attention) do not run under sequence "
                                     "parallelism yet: set token budgets to 0 or parallel.sp_ring=1 sp_ulysses=1")
+    if any(budgets) and (cfg.model.family != "wan" or cfg.objective.name != "rectified_flow"):
+        yield "data.token_budget", (f"packed batches need a model with a packed forward and an objective with "
+                                    f"per-clip losses (the Wan family with rectified_flow); got model family "
+                                    f"{cfg.model.family!r} with objective {cfg.objective.name!r}: set token budgets to 0")
     for name, shape in data.buckets.items():
         if len(shape) == 3:
             yield from _shape_problems(f"data.buckets.{name}", *shape, cfg)

@@ -69,7 +69,8 @@ def clip_key(index: int) -> str:
 def render_indexed(cfg: SyntheticDataConfig, index: int) -> tuple[np.ndarray, str, dict]:
     """Clip `index` of the dataset; its own seeded rng makes it independent of chunking and order."""
     frames, height, width = cfg.shapes[index % len(cfg.shapes)]
-    return render_clip(np.random.default_rng([cfg.seed, index]), frames, height, width)
+    return render_clip(np.random.default_rng([cfg.seed, index]), frames, height, width,
+                       cfg.position_jitter)
 
 
 def _encode_chunk(cfg: SyntheticDataConfig, indices: range, encoder: ClipEncoder) -> Iterator[tuple]:

@@ -40,15 +40,21 @@ BOUNCE_TRAVEL = 1.6  # of the free range: > 1, so a bounce always happens, and 0
 COLOUR_CHANGE_PROB = 0.25
 
 
-def render_clip(rng: np.random.Generator, frames: int, height: int, width: int) -> tuple[np.ndarray, str, dict]:
-    """A random clip as (uint8 [frames, height, width, 3], caption, attrs); deterministic in rng."""
+def render_clip(rng: np.random.Generator, frames: int, height: int, width: int,
+                position_jitter: float = 0.0) -> tuple[np.ndarray, str, dict]:
+    """A random clip as (uint8 [frames, height, width, 3], caption, attrs); deterministic in rng.
+
+    position_jitter in [0, 1] randomises where the path starts (0: the caption alone fixes the
+    clip; 1: anywhere the motion fits).
+    """
     if frames < 1 or height < 4 or width < 4:
         raise ValueError(f"clip must be at least 1x4x4 (frames x height x width), got {frames}x{height}x{width}")
-    attrs = sample_attrs(rng, frames, height, width)
+    attrs = sample_attrs(rng, frames, height, width, position_jitter)
     return draw_clip(attrs, frames, height, width), caption_for(attrs), attrs
 
 
-def sample_attrs(rng: np.random.Generator, frames: int, height: int, width: int) -> dict[str, Any]:
+def sample_attrs(rng: np.random.Generator, frames: int, height: int, width: int,
+                 position_jitter: float = 0.0) -> dict[str, Any]:
     """Pick shape, colours, background and motion path; the only function that draws from rng."""
     names = list(COLOURS)
     shape = SHAPES[rng.integers(len(SHAPES))]
@@ -59,7 +65,7 @@ def sample_attrs(rng: np.random.Generator, frames: int, height: int, width: int)
     background = _pick_other(rng, names, {colour, colour_end})
     motion = list(MOTIONS)[rng.integers(len(MOTIONS))]
     radius_px = RADIUS_FRACTION * min(height, width)
-    path = motion_path(rng, motion, frames, height, width, radius_px)
+    path = motion_path(rng, motion, frames, height, width, radius_px, position_jitter)
     return {"shape": shape, "colour": colour, "colour_end": colour_end, "background": background,
             "motion": motion, "radius_px": radius_px, "path_px": np.round(path, 3).tolist()}
 
@@ -70,23 +76,27 @@ def _pick_other(rng: np.random.Generator, names: list[str], taken: set[str]) -> 
 
 
 def motion_path(rng: np.random.Generator, motion: str, frames: int, height: int, width: int,
-                radius_px: float) -> np.ndarray:
-    """Shape centres [frames, 2] (x, y) in pixels, constant speed, reflected at the borders."""
+                radius_px: float, position_jitter: float = 0.0) -> np.ndarray:
+    """Shape centres [frames, 2] (x, y) in pixels, constant speed, reflected at the borders.
+
+    Without jitter a path is centred in its free range: a still axis sits in the middle, a
+    straight move travels symmetrically about the centre, a bounce starts mid-frame moving
+    towards +x/+y. Jitter moves the start by up to that fraction of the slack on either side.
+    """
     vx, vy, bounces = MOTIONS[motion]
     steps = max(frames - 1, 1)
     axes = []
     for unit, size in ((vx, width), (vy, height)):
         lo, hi = radius_px, size - radius_px  # keeps the whole shape inside the frame
         span = hi - lo
-        if unit == 0:
-            axes.append(np.full(frames, rng.uniform(lo, hi)))
-            continue
-        travel = (BOUNCE_TRAVEL if bounces else MOVE_TRAVEL) * span
-        # A straight move starts where it has room to travel without touching the far wall.
-        start = rng.uniform(lo, hi) if bounces else rng.uniform(lo, hi - travel)
-        if not bounces and unit < 0:
-            start = lo + hi - start
-        sign = rng.choice([-1.0, 1.0]) if bounces else float(unit)
+        # Draw every random number whatever the jitter, so clips differ only where jitter acts.
+        offset, flip = rng.uniform(-1.0, 1.0), rng.random() < 0.5
+        travel = 0.0 if unit == 0 else (BOUNCE_TRAVEL if bounces else MOVE_TRAVEL) * span
+        slack = span / 2 if unit == 0 or bounces else (span - travel) / 2
+        start = (lo + hi) / 2 + position_jitter * offset * slack
+        if unit != 0 and not bounces:
+            start -= unit * travel / 2  # the move is centred on the start's slot
+        sign = -1.0 if (bounces and position_jitter > 0 and flip) else float(unit or 1)
         axes.append(reflect(start + sign * travel / steps * np.arange(frames), lo, hi))
     return np.stack(axes, axis=1)
 

@@ -1,6 +1,6 @@
 """Model registry: each family is a small record (builder, parallelism plan, FLOPs formula).
 
-New families (CogVideoX, ...) add one entry to FAMILIES; nothing here imports torch.distributed.
+A new family adds one entry to FAMILIES; nothing here imports torch.distributed.
 """
 
 from dataclasses import dataclass
@@ -9,6 +9,9 @@ from typing import Callable
 from torch import nn
 
 from litegen.config.model import ModelConfig
+from litegen.models import cogvideox, snapvideo, vchitect, worlddreamer
+from litegen.models.family_flops import (cogvideox_train_flops, snapvideo_train_flops,
+                                         vchitect_train_flops, worlddreamer_train_flops)
 from litegen.models.flops import wan_train_flops
 from litegen.models.plan import ModelPlan
 from litegen.models.wan import PLAN as WAN_PLAN, WanDiT
@@ -24,6 +27,13 @@ class ModelFamily:
 
 FAMILIES: dict[str, ModelFamily] = {
     "wan": ModelFamily(build=WanDiT, plan=WAN_PLAN, train_flops=wan_train_flops),
+    "cogvideox": ModelFamily(build=cogvideox.CogVideoX, plan=cogvideox.PLAN,
+                             train_flops=cogvideox_train_flops),
+    "vchitect": ModelFamily(build=vchitect.Vchitect, plan=vchitect.PLAN, train_flops=vchitect_train_flops),
+    "snapvideo": ModelFamily(build=snapvideo.SnapVideo, plan=snapvideo.PLAN,
+                             train_flops=snapvideo_train_flops),
+    "worlddreamer": ModelFamily(build=worlddreamer.WorldDreamer, plan=worlddreamer.PLAN,
+                                train_flops=worlddreamer_train_flops),
 }
 
 

@@ -5,6 +5,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from litegen.models.rope import grid_positions
+
 
 def sinusoidal_embedding(positions: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """[N] -> [N, dim] float32 as (cos | sin) halves, the order Wan's weights were trained with."""
@@ -12,6 +14,18 @@ def sinusoidal_embedding(positions: Tensor, dim: int, max_period: float = 10000.
     exponent = torch.arange(half, device=positions.device, dtype=torch.float64) / half
     angle = positions.double()[:, None] * max_period ** -exponent
     return torch.cat([angle.cos(), angle.sin()], dim=-1).float()
+
+
+def absolute_position_embedding(positions: Tensor, dim: int) -> Tensor:
+    """Integer (frame, row, col) [..., S, 3] -> fixed sinusoids [..., S, dim], one band per axis.
+
+    The frame axis gets the remainder of dim; each band is `sinusoidal_embedding` of that axis.
+    """
+    band = 2 * (dim // 6)
+    widths = (dim - 2 * band, band, band)
+    flat = positions.reshape(-1, 3)
+    parts = [sinusoidal_embedding(flat[:, i], w) for i, w in enumerate(widths) if w > 0]
+    return torch.cat(parts, dim=-1).reshape(*positions.shape[:-1], dim)
 
 
 def text_mlp(text_dim: int, dim: int) -> nn.Sequential:
@@ -49,3 +63,31 @@ def unpatchify(tokens: Tensor, grid: tuple[int, int, int], patch: tuple[int, int
     x = tokens.reshape(b, *grid, *patch, c)
     x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
     return x.reshape(b, c, *(g * p for g, p in zip(grid, patch)))
+
+
+def sincos(positions: Tensor, dim: int) -> Tensor:
+    """[N] -> [N, dim] float32 as (sin | cos) halves: the MAE / diffusers position-table order."""
+    emb = sinusoidal_embedding(positions, dim)  # (cos | sin)
+    return torch.cat([emb[:, dim // 2:], emb[:, :dim // 2]], dim=-1)
+
+
+def sincos_3d(grid: tuple[int, int, int], dim: int, spatial_scale: float = 1.0,
+              temporal_scale: float = 1.0, device=None) -> Tensor:
+    """Fixed 3D position table [T*H*W, dim], tokens in patchify order (frame, row, col).
+
+    Channels: frame (dim/4) | column (3dim/8) | row (3dim/8), each (sin | cos), positions divided
+    by the interpolation scales: the layout of CogVideoX-2B's table, so its weights see what they
+    were trained with. dim must be a multiple of 16.
+    """
+    if dim % 16:
+        raise ValueError(f"3D sin-cos positions need a width divisible by 16, got {dim}")
+    frames, rows, cols = grid_positions(grid, device=device).double().unbind(-1)
+    spatial = 3 * dim // 8
+    return torch.cat([sincos(frames / temporal_scale, dim // 4), sincos(cols / spatial_scale, spatial),
+                      sincos(rows / spatial_scale, spatial)], dim=-1)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of x [B, L, D] over the positions where mask [B, L] is True (pooled caption)."""
+    weights = mask.to(x.dtype).unsqueeze(-1)
+    return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)

@@ -5,6 +5,8 @@ can pass any subset of tokens; the module holds no buffers, so meta construction
 `to_empty` leave nothing uninitialised.
 """
 
+from typing import Optional
+
 import torch
 from torch import Tensor, nn
 
@@ -30,14 +32,19 @@ def _axis_inv_freq(channels: int, theta: float, device) -> Tensor:
 class RotaryEmbedding3D(nn.Module):
     """positions [..., S, 3] -> rope [..., S, head_dim//2, 2] holding (cos, sin) in float32."""
 
-    def __init__(self, head_dim: int, theta: float = 10000.0):
+    def __init__(self, head_dim: int, theta: float = 10000.0,
+                 axis_dims: Optional[tuple[int, int, int]] = None):
+        """axis_dims: channels per axis (t, h, w); default Wan's split (CogVideoX uses its own)."""
         super().__init__()
         if head_dim % 2 or head_dim < 6:
             raise ValueError(f"3D RoPE needs an even head_dim >= 6, got {head_dim}")
         self.head_dim, self.theta = head_dim, theta
-        self.axis_dims = rope_axis_dims(head_dim)
+        self.axis_dims = tuple(axis_dims) if axis_dims else rope_axis_dims(head_dim)
+        if sum(self.axis_dims) != head_dim or any(d % 2 for d in self.axis_dims):
+            raise ValueError(f"rope axis_dims {self.axis_dims} must be even and sum to head_dim {head_dim}")
 
     def forward(self, positions: Tensor) -> Tensor:
+        """positions may be fractional (CogVideoX interpolates its grid into the trained one)."""
         angles = []
         for axis, channels in enumerate(self.axis_dims):
             inv_freq = _axis_inv_freq(channels, self.theta, positions.device)

@@ -4,17 +4,18 @@ Module and parameter names follow the original Wan repo (Wan-Video/Wan2.1, wan/m
 so its checkpoints load by key; the math is written here, not copied.
 """
 
-import hashlib
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from litegen.config.model import WanConfig
-from litegen.models.embeddings import (sinusoidal_embedding, text_mlp, time_mlp, token_grid,
-                                       unpatchify)
+from litegen.models.embeddings import (absolute_position_embedding, sinusoidal_embedding,
+                                       text_mlp, time_mlp, token_grid, unpatchify)
+from litegen.models.init import (Writer, init_parameters, normal, norm_value, xavier_uniform,
+                                 canonical_name)  # noqa: F401  canonical_name: re-exported
 from litegen.models.attention import Varlen
 from litegen.models.layers import (CrossAttention, LayerNorm32, SelfAttention, feed_forward,
                                    gated_residual, modulate)
@@ -114,12 +115,25 @@ class WanDiT(nn.Module):
         if layout is not None:
             return self.forward_packed(x, t, context, context_mask, layout)
         tokens, grid = self.embed(x)
-        rope = self.rope(grid_positions(grid, device=x.device))
+        positions = grid_positions(grid, device=x.device)
+        rope = self.rope(positions)
+        if self.cfg.absolute_pos_embed:
+            tokens = tokens + absolute_position_embedding(positions, self.cfg.dim).to(tokens.dtype)
         e, e6 = self.embed_time(t, x.dtype)
         ctx = self.text_embedding(context)
+        out = self.forward_tokens(tokens, rope, e, e6, ctx, context_mask)
+        return unpatchify(out, grid, self.patch_size).to(x.dtype)
+
+    def forward_tokens(self, tokens: Tensor, rope: Tensor, e: Tensor, e6: Tensor, ctx: Tensor,
+                       context_mask: Tensor) -> Tensor:
+        """Blocks and head on tokens [B, S, dim] with rope [S, ...] -> [B, S, out * patch volume].
+
+        The token-stack seam (ModelPlan.token_stack): sequence parallelism runs it on a chunk of
+        the tokens; everything here but self-attention is token-wise.
+        """
         for block in self.blocks:
             tokens = block(tokens, e6.unsqueeze(1), ctx, context_mask, rope)
-        return unpatchify(self.head(tokens, e.unsqueeze(1)), grid, self.patch_size).to(x.dtype)
+        return self.head(tokens, e.unsqueeze(1))
 
     def forward_packed(self, x: Tensor, t: Tensor, context: Tensor, context_mask: Tensor,
                        layout: PackedLayout) -> Tensor:
@@ -133,6 +147,8 @@ class WanDiT(nn.Module):
         weight = self.patch_embedding.weight.permute(0, 2, 3, 4, 1).flatten(1)
         tokens = F.linear(x, weight.to(x.dtype), self.patch_embedding.bias)
         rope = self.rope(layout.positions)
+        if self.cfg.absolute_pos_embed:
+            tokens = tokens + absolute_position_embedding(layout.positions, self.cfg.dim).to(tokens.dtype)
         e, e6 = self.embed_time(t, x.dtype)
         segment = layout.segment_ids
         ctx = self.text_embedding(context)[context_mask][None]  # real text tokens only, clip after clip
@@ -141,53 +157,25 @@ class WanDiT(nn.Module):
             tokens = block(tokens, e6[segment][None], ctx, None, rope, varlen)
         return self.head(tokens, e[segment][None]).to(x.dtype)
 
-    @torch.no_grad()
-    def init_weights(self, seed: int, write: Optional[Callable[[nn.Parameter, Tensor], None]] = None):
+    def init_weights(self, seed: int, write: Optional[Writer] = None) -> None:
         """Fill every parameter from (seed, parameter name): same values on any device or layout.
 
         Values are drawn full-size on CPU; `write(param, value)` stores them (default: copy_).
         litegen/parallel passes a writer that keeps only the local shard of a sharded parameter.
         """
-        write = write or (lambda param, value: param.copy_(value))
-        for module_name, module in self.named_modules():
-            for param_name, param in module.named_parameters(recurse=False):
-                name = canonical_name(f"{module_name}.{param_name}")
-                write(param, initial_value(module, name, tuple(param.shape), seed))
+        init_parameters(self, initial_value, seed, write)
 
 
-def canonical_name(name: str) -> str:
-    """Drop wrapper components (`_checkpoint_wrapped_module`, `_orig_mod`, ...) from a name.
-
-    Checkpoint wrappers and torch.compile insert them; stripping keeps init (and thus the seed ->
-    weights mapping) identical whether or not the model was wrapped first.
-    """
-    return ".".join(part for part in name.split(".") if part and not part.startswith("_"))
-
-
-def _generator(seed: int, name: str) -> torch.Generator:
-    # sha256 rather than hash(): Python salts str hashes per process, ranks must agree.
-    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-
-
-def _xavier_uniform(shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
-    # Conv weights are treated as flattened [out, in * kernel] linears, as Wan initialises them.
-    fan_out, fan_in = shape[0], math.prod(shape[1:])
-    bound = math.sqrt(6.0 / (fan_in + fan_out))
-    return torch.empty(shape).uniform_(-bound, bound, generator=gen)
-
-
-def initial_value(module: nn.Module, name: str, shape: tuple[int, ...], seed: int) -> Tensor:
+def initial_value(module: nn.Module, name: str, shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
     """Wan's init for one parameter, as a float32 CPU tensor of `shape`."""
-    gen = _generator(seed, name)
     if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
-        return torch.ones(shape) if name.endswith("weight") else torch.zeros(shape)
+        return norm_value(name, shape)
     if isinstance(module, (nn.Linear, nn.Conv3d)):
         if name.endswith("bias") or name == "head.head.weight":  # zero head: a fresh model predicts 0
             return torch.zeros(shape)
         if name.startswith(("text_embedding.", "time_embedding.")):
-            return torch.empty(shape).normal_(0.0, 0.02, generator=gen)
-        return _xavier_uniform(shape, gen)
+            return normal(shape, 0.02, gen)
+        return xavier_uniform(shape, gen)
     if name.endswith("modulation"):
         return torch.randn(shape, generator=gen) / math.sqrt(shape[-1])
     raise ValueError(f"no init rule for parameter {name!r} of {type(module).__name__}")

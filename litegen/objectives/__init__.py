@@ -1,13 +1,19 @@
 """Training objectives, separate from the networks they train. Chosen by `objective.name`."""
 
 from litegen.objectives.base import Cond, LossOutput, Objective
+from litegen.objectives.edm import EDM
+from litegen.objectives.masked_tokens import MaskedTokens
 from litegen.objectives.rectified_flow import RectifiedFlow
+from litegen.objectives.v_prediction import VPrediction
 
-OBJECTIVES = {"rectified_flow": RectifiedFlow}
-
-
-def build_objective(cfg) -> Objective:
-    return OBJECTIVES[cfg.name](cfg)
+OBJECTIVES = {"rectified_flow": RectifiedFlow, "v_prediction": VPrediction, "edm": EDM,
+              "masked_tokens": MaskedTokens}
 
 
-__all__ = ["Cond", "LossOutput", "Objective", "RectifiedFlow", "build_objective"]
+def build_objective(cfg, dp_rank: int = 0, dp_size: int = 1) -> Objective:
+    """dp_rank/dp_size: this rank's place among data-parallel ranks (explicit uniform timesteps)."""
+    return OBJECTIVES[cfg.name](cfg, dp_rank=dp_rank, dp_size=dp_size)
+
+
+__all__ = ["Cond", "EDM", "LossOutput", "MaskedTokens", "Objective", "RectifiedFlow", "VPrediction",
+           "build_objective"]

@@ -1,7 +1,7 @@
 """The seam between network and training objective: `objective.loss(model, latents, cond, gen)`."""
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Optional, Protocol
 
 import torch
 from torch import nn
@@ -13,14 +13,20 @@ class Cond:
 
     context: torch.Tensor  # [B, L, D] text embeddings
     context_mask: torch.Tensor  # [B, L] bool, True = real token
+    actions: Optional[torch.Tensor] = None  # [B, T', action_dim] per token frame (WorldDreamer)
 
     def __len__(self) -> int:
         return self.context.shape[0]
 
     def cat(self, other: "Cond") -> "Cond":
         """Stack two conditions along the batch (conditional + unconditional CFG pass)."""
+        actions = None
+        if self.actions is not None or other.actions is not None:
+            if self.actions is None or other.actions is None:
+                raise ValueError("cannot batch a condition with actions and one without")
+            actions = torch.cat([self.actions, other.actions])
         return Cond(torch.cat([self.context, other.context]),
-                    torch.cat([self.context_mask, other.context_mask]))
+                    torch.cat([self.context_mask, other.context_mask]), actions)
 
 
 @dataclass
@@ -34,4 +40,6 @@ class Objective(Protocol):
              generator: torch.Generator) -> LossOutput: ...
 
     def sample(self, model: nn.Module, noise: torch.Tensor, cond: Cond, null_cond: Cond,
-               steps: int, guidance_scale: float) -> torch.Tensor: ...
+               steps: int, guidance_scale: float,
+               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Latents shaped like `noise`; stochastic samplers draw from `generator`."""

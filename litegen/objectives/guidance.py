@@ -14,9 +14,12 @@ def drop_captions(captions: list[str], prob: float, generator: torch.Generator) 
     return ["" if d else c for c, d in zip(captions, drop.tolist())]
 
 
-def guided_velocity(model: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Cond,
-                    null_cond: Cond, scale: float) -> torch.Tensor:
-    """pred_uncond + scale * (pred_cond - pred_uncond), both halves in one batched call."""
+def guided_prediction(model: nn.Module, x: torch.Tensor, t: torch.Tensor, cond: Cond,
+                      null_cond: Cond, scale: float) -> torch.Tensor:
+    """pred_uncond + scale * (pred_cond - pred_uncond), both halves in one batched call.
+
+    Any output affine in the clean data given (x_t, t) - velocity, noise or data - guides alike.
+    """
     if scale == 1.0:
         return model(x, t, cond.context, cond.context_mask)
     both = cond.cat(null_cond)

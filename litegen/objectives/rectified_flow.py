@@ -12,7 +12,7 @@ from torch import nn
 from litegen.config import RectifiedFlowConfig
 from litegen.models.packed import PackedClips, per_clip_mean
 from litegen.objectives.base import Cond, LossOutput
-from litegen.objectives.guidance import guided_velocity
+from litegen.objectives.guidance import guided_prediction
 
 
 def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
@@ -21,8 +21,8 @@ def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
 
 
 class RectifiedFlow:
-    def __init__(self, cfg: RectifiedFlowConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: RectifiedFlowConfig, dp_rank: int = 0, dp_size: int = 1):
+        self.cfg = cfg  # timesteps are i.i.d. per sample: the data-parallel layout does not matter
 
     def sample_timesteps(self, n: int, generator: torch.Generator, device) -> torch.Tensor:
         if self.cfg.timestep_sampling == "logit_normal":
@@ -45,7 +45,7 @@ class RectifiedFlow:
         t = self.sample_timesteps(x0.shape[0], generator, x0.device)
         t_b = t.view(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
         x_t = (1.0 - t_b) * x0 + t_b * noise
-        pred = model(x_t, t, cond.context, cond.context_mask)
+        pred = self.velocity(model(x_t, t, cond.context, cond.context_mask), x_t, t)
         # fp32 loss: under bf16 autocast the prediction is bf16, the MSE reduction should not be.
         loss = F.mse_loss(pred.float(), (noise - x0).float())
         return LossOutput(loss, {"t_mean": float(t.mean())})
@@ -64,21 +64,27 @@ class RectifiedFlow:
         return per_clip_mean(err, layout)
 
     def velocity(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The network output as a velocity (the seam other parameterisations convert in)."""
-        return output
+        """The network output as a velocity: as is, or from predicted data v = (x_t - x0) / t."""
+        if self.cfg.prediction == "velocity":
+            return output
+        t_b = t.clamp(min=self.cfg.min_t_data).view(-1, *([1] * (x_t.dim() - 1)))
+        return (x_t.float() - output.float()) / t_b
 
     def time_grid(self, steps: int, device) -> torch.Tensor:
         return shift_time(torch.linspace(1.0, 0.0, steps + 1, device=device), self.cfg.sample_shift)
 
     @torch.no_grad()
     def sample(self, model: nn.Module, noise: torch.Tensor, cond: Cond, null_cond: Cond,
-               steps: int, guidance_scale: float) -> torch.Tensor:
-        """Euler integration from pure noise (t=1) to data (t=0) with classifier-free guidance."""
+               steps: int, guidance_scale: float, generator=None) -> torch.Tensor:
+        """Euler integration from pure noise (t=1) to data (t=0) with classifier-free guidance.
+
+        Deterministic given the noise: `generator` is accepted for the shared signature only.
+        """
         x = noise
         grid = self.time_grid(steps, noise.device)
         for t_now, t_next in zip(grid[:-1], grid[1:]):
             t = t_now.expand(x.shape[0])
-            v = guided_velocity(model, x, t, cond, null_cond, guidance_scale)
-            x = x + (t_next - t_now) * v.to(x.dtype)
+            out = guided_prediction(model, x, t, cond, null_cond, guidance_scale)
+            x = x + (t_next - t_now) * self.velocity(out, x, t).to(x.dtype)
         return x
 

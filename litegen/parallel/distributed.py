@@ -51,12 +51,12 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum a few scalars over all ranks in one collective."""
+def all_reduce_sum(values: list[float], device: torch.device, group=None) -> list[float]:
+    """Sum a few scalars over the ranks of `group` (default: all) in one collective."""
     if not is_distributed():
         return list(values)
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+    dist.all_reduce(t, group=group)
     return t.tolist()
 
 

@@ -1,1 +1,2 @@
-"""Command-line tools around training: `python -m litegen.tools.prep` (videos -> shards)."""
+"""Command-line tools around training: prep (videos -> shards), plan (dry run), convert
+(diffusers weights)."""

@@ -1,6 +1,7 @@
 """Checkpoints with torch.distributed.checkpoint that count only once fully written.
 
-Layout: <root>/step-<N>/ holds DCP shards plus `.metadata`; the file COMPLETE is written (by rank 0,
+Layout: <root>/step-<N>/ holds DCP shards plus `.metadata` (and a sub-directory per state entry
+that saves itself, such as DeepSpeed's engine); the file COMPLETE is written (by rank 0,
 atomically, after every rank finished) last. Resume considers only directories with COMPLETE, so
 a crash mid-save can never be resumed from.
 """
@@ -45,6 +46,12 @@ class ModelOptimState(Stateful):
                        optim_state_dict=state["optim"])
 
 
+def _split(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(entries for DCP, entries that write their own directory, e.g. DeepSpeed's engine)."""
+    own = {k: v for k, v in state.items() if hasattr(v, "save_to_dir")}
+    return {k: v for k, v in state.items() if k not in own}, own
+
+
 def step_dir(root: Path, step: int) -> Path:
     return root / f"step-{step:07d}"
 
@@ -75,7 +82,10 @@ class Checkpointer:
             shutil.rmtree(path)  # a leftover of a crashed save at this step: never complete
         barrier()
         start = time.perf_counter()
-        dcp.save(state, checkpoint_id=str(path))
+        dcp_state, own = _split(state)
+        dcp.save(dcp_state, checkpoint_id=str(path))
+        for key, value in own.items():
+            value.save_to_dir(path / key)
         barrier()  # every rank's shards are on disk before the marker says so
         if self.dist.is_main:
             self._mark_complete(path, step, time.perf_counter() - start)
@@ -86,7 +96,10 @@ class Checkpointer:
     def load(self, path: Path, state: dict[str, Any]) -> None:
         if not (path / MARKER).is_file():
             raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
-        dcp.load(state, checkpoint_id=str(path))
+        dcp_state, own = _split(state)
+        dcp.load(dcp_state, checkpoint_id=str(path))
+        for key, value in own.items():
+            value.load_from_dir(path / key)
 
     def _mark_complete(self, path: Path, step: int, save_s: float) -> None:
         info = {"step": step, "world_size": self.dist.world_size, "save_s": round(save_s, 3),

@@ -1,22 +1,35 @@
-"""Exponential moving average of the weights, kept in fp32 beside the model."""
+"""Exponential moving average of the weights, kept in fp32 beside the model.
+
+Follows whatever holds the weights: plain or FSDP2-sharded parameters (the shadow is then
+sharded the same way, DTensors in, DTensors out), or, through `tensors`, another per-rank view
+such as DeepSpeed ZeRO-3 partitions (then `per_rank` is True and each rank checkpoints its own).
+"""
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import nn
 
+NamedTensors = Callable[[nn.Module], dict[str, torch.Tensor]]
+
+
+def _trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
 
 class EMA:
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float, tensors: Optional[NamedTensors] = None):
         self.decay = decay
-        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
-        params = dict(model.named_parameters())
-        self.shadow = {n: params[n].detach().float().clone() for n in self.names}
+        self.per_rank = tensors is not None
+        self.tensors = tensors or _trainable_parameters
+        current = self.tensors(model)
+        self.names = list(current)
+        self.shadow = {n: current[n].detach().float().clone() for n in self.names}
 
     def _params(self, model: nn.Module) -> list[torch.Tensor]:
-        params = dict(model.named_parameters())
-        return [params[n] for n in self.names]
+        current = self.tensors(model)
+        return [current[n] for n in self.names]
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:

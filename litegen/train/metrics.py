@@ -1,6 +1,7 @@
 """Step metrics: throughput/MFU accounting, metrics.jsonl (rank 0) and wandb."""
 
 import json
+import uuid
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,14 @@ class Window:
 
 
 class Meter:
-    def __init__(self, dist_info: DistInfo, peak_tflops: Optional[float]):
-        self.dist, self.peak_tflops = dist_info, peak_tflops
+    """Sums per rank, reduced once per log step over `group`: the data-parallel ranks.
+
+    Sequence-parallel peers share each sample (same loss, same tokens), so reducing over all
+    ranks would count every sample sp times; one rank per SP group is exactly the dp group.
+    """
+
+    def __init__(self, dist_info: DistInfo, peak_tflops: Optional[float], group=None):
+        self.dist, self.peak_tflops, self.group = dist_info, peak_tflops, group
         self.window = Window(start=time.perf_counter())
 
     def add_micro(self, loss: Any, samples: int, tokens: int, flops: float) -> None:
@@ -39,11 +46,12 @@ class Meter:
         self.window.steps += 1
 
     def summary(self, step: int, lr: float, grad_norm: float) -> dict[str, Any]:
-        """Reduce the window over ranks (one collective) and turn it into a metrics record."""
+        """Reduce the window over the group (one collective) and turn it into a metrics record."""
         w = self.window
         elapsed = max(time.perf_counter() - w.start, 1e-9)
         loss_sum, micro, samples, tokens, flops = all_reduce_sum(
-            [float(w.loss_sum), w.micro_batches, w.samples, w.tokens, w.flops], self.dist.device)
+            [float(w.loss_sum), w.micro_batches, w.samples, w.tokens, w.flops], self.dist.device,
+            self.group)
         tflops_per_device = flops / elapsed / self.dist.world_size / 1e12
         record = {
             "step": step, "loss": loss_sum / max(micro, 1), "lr": lr, "grad_norm": grad_norm,
@@ -71,7 +79,7 @@ class MetricsWriter:
         import wandb
 
         id_file = run_dir / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
         self.wandb_run = wandb.init(project=project, name=name, id=run_id, resume="allow",
                                     dir=str(run_dir), mode=mode, config=config)

@@ -16,3 +16,13 @@ def step_generator(seed: int, rank: int, step: int, micro: int, device: torch.de
     gen = torch.Generator(device=device)
     gen.manual_seed(derive_seed(seed, rank, step, micro))
     return gen
+
+
+def micro_batch_generator(seed: int, step: int, dp_rank: int, micro: int, accum: int,
+                          device: torch.device) -> torch.Generator:
+    """Generator for one micro-batch, keyed by its global index dp_rank * accum + micro.
+
+    Sequence-parallel peers share a dp_rank, so they draw the same noise for their shared sample;
+    and one process accumulating k micro-batches draws what k data-parallel ranks would.
+    """
+    return step_generator(seed, dp_rank * accum + micro, step, 0, device)

@@ -2,6 +2,7 @@
 
 import math
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ def sample_latents(net: nn.Module, objective, video_encoder, text_encoder, cfg: 
     shape = (len(cfg.prompts), *video_encoder.latent_shape(cfg.frames, cfg.height, cfg.width))
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     noise = torch.randn(shape, generator=gen, device=device)
-    return objective.sample(net, noise, cond, null_cond, cfg.steps, cfg.guidance_scale)
+    return objective.sample(net, noise, cond, null_cond, cfg.steps, cfg.guidance_scale, generator=gen)
 
 
 def save_clip_grid(pixels: torch.Tensor, path: Path, fps: int) -> Path:
@@ -41,14 +42,19 @@ def save_clip_grid(pixels: torch.Tensor, path: Path, fps: int) -> Path:
 
 
 def generate_sample(net: nn.Module, objective, video_encoder, text_encoder, cfg: SampleConfig,
-                    device: torch.device, out_dir: Path, step: int) -> Path:
-    """Sample one clip per prompt, tile them into one video, write it and the prompts beside it."""
+                    device: torch.device, out_dir: Path, step: int, write: bool = True) -> Optional[Path]:
+    """Sample one clip per prompt, tile them into one video, write it and the prompts beside it.
+
+    write=False only takes part in the sampling (ranks that share sharded weights) and returns None.
+    """
     was_training = net.training
     net.eval()
     try:
         latents = sample_latents(net, objective, video_encoder, text_encoder, cfg, device)
     finally:
         net.train(was_training)
+    if not write:
+        return None
     pixels = video_encoder.decode(latents)
     path = save_clip_grid(pixels, out_dir / f"step-{step:07d}.{cfg.format}", cfg.fps)
     path.with_suffix(".txt").write_text("".join(p + "\n" for p in cfg.prompts))

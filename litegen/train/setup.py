@@ -18,15 +18,17 @@ from litegen.encoders import build_text_encoder, build_video_encoder
 from litegen.models import build_model, count_params
 from litegen.objectives import Cond, build_objective
 from litegen.parallel.dims import ParallelDims
-from litegen.parallel.distributed import DistInfo, barrier
-from litegen.parallel.parallelize import parallelize
-from litegen.train.checkpoint import Checkpointer, ModelOptimState
+from litegen.parallel.distributed import DistInfo, barrier, is_distributed
+from litegen.parallel.parallelize import build_steps, parallelize, unwrap
+from litegen.parallel.sequence import gradient_scale
+from litegen.train.checkpoint import Checkpointer
 from litegen.train.conditioning import encode_captions
 from litegen.train.data_state import LoaderCheckpoint
 from litegen.train.ema import EMA
 from litegen.train.lr import build_scheduler
 from litegen.train.metrics import Meter, MetricsWriter
 from litegen.train.mfu import peak_tflops
+from litegen.tools.convert import load_converted
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ class Run:
     net: nn.Module  # the plain network (sampling, EMA, FLOPs)
     model: nn.Module  # what forward/backward go through (parallel wrappers applied)
     optimizer: torch.optim.Optimizer
+    steps: Any  # backend step engine: backward, accumulation, clip + step (litegen/parallel)
     scheduler: torch.optim.lr_scheduler.LRScheduler
     ema: Optional[EMA]
     objective: Any
@@ -58,20 +61,29 @@ class Run:
         return self.dims.dp_rank(self.dist.rank)
 
     def autocast_dtype(self) -> Optional[torch.dtype]:
-        mode = self.cfg.train.mixed_precision
-        if mode == "bf16" or (mode == "auto" and self.dist.device.type == "cuda"):
-            return torch.bfloat16
-        return None
+        return autocast_dtype(self.cfg.train.mixed_precision, self.dist.device)
+
+    @property
+    def loss_scale(self) -> float:
+        """Factor on each micro-batch loss before backward (see parallel.sequence.gradient_scale)."""
+        return gradient_scale(self.dims) / self.cfg.train.grad_accum_steps
 
     def checkpoint_state(self) -> dict[str, Any]:
         """Everything resumable, one key per stateful piece; per-rank pieces keyed by rank."""
-        state = {"train": ModelOptimState(self.model, self.optimizer),
+        state = {"train": self.steps.checkpoint_state(),
                  "lr_schedule": self.scheduler, "trainer": Progress(self),
                  "data": LoaderCheckpoint(self.loader),
                  f"rng.rank{self.dist.rank}": RngState()}
         if self.ema is not None:
-            state["ema"] = self.ema
+            state[f"ema.rank{self.dist.rank}" if self.ema.per_rank else "ema"] = self.ema
         return state
+
+
+def autocast_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
+    """train.mixed_precision -> the autocast dtype (None: full fp32)."""
+    if mode == "bf16" or (mode == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
 
 
 class Progress:
@@ -114,12 +126,35 @@ def ensure_dataset(cfg: LiteGenConfig, dist_info: DistInfo, video_encoder) -> No
 
 
 def build_network(cfg: LiteGenConfig, device: torch.device) -> nn.Module:
-    """Build on meta (no memory for the full-size configs), materialise on device, seed-init."""
+    """Build on meta (no memory for the full-size configs), materialise on device, seed-init.
+
+    With model.init_from, the converted weights (litegen.tools.convert) then replace the init.
+    """
     with torch.device("meta"):
         net = build_model(cfg.model)
     net.to_empty(device=device)
     net.init_weights(cfg.train.seed)
+    if cfg.model.init_from:
+        load_converted(net, cfg.model.init_from)
     return net
+
+
+def build_dims(cfg: LiteGenConfig, dist_info: DistInfo) -> ParallelDims:
+    """Validate the layout (before any work) and, with several processes, build the mesh."""
+    dims = ParallelDims.from_config(cfg.parallel, dist_info.world_size,
+                                    num_heads=getattr(cfg.model, "num_heads", None))
+    if is_distributed():
+        dims.build_mesh(dist_info.device.type)
+    return dims
+
+
+def build_ema(net: nn.Module, decay: float) -> Optional[EMA]:
+    if decay <= 0:
+        return None
+    from litegen.parallel.deepspeed import zero3_partitions
+
+    # Under ZeRO-3 the module holds placeholders: average this rank's partitions instead.
+    return EMA(net, decay, tensors=zero3_partitions) if zero3_partitions(net) else EMA(net, decay)
 
 
 def build_optimizer(model: nn.Module, cfg: LiteGenConfig) -> torch.optim.Optimizer:
@@ -129,21 +164,27 @@ def build_optimizer(model: nn.Module, cfg: LiteGenConfig) -> torch.optim.Optimiz
 
 
 def build_run(cfg: LiteGenConfig, run_dir: Path, dist_info: DistInfo) -> Run:
-    dims = ParallelDims.from_config(cfg.parallel, dist_info.world_size)
+    dims = build_dims(cfg, dist_info)
     device = dist_info.device
     video_encoder = build_video_encoder(cfg.encoders.video, device=device)
     text_encoder = build_text_encoder(cfg.encoders.text, device=device)
     ensure_dataset(cfg, dist_info, video_encoder)
-    net = build_network(cfg, device)
-    model = parallelize(net, dims, device)
+    autocast = autocast_dtype(cfg.train.mixed_precision, device)
+    with torch.device("meta"):
+        net = build_model(cfg.model)
+    model = parallelize(net, cfg, dims, dist_info.rank, device, autocast)
     optimizer = build_optimizer(model, cfg)
+    steps = build_steps(model, optimizer, cfg, autocast)
+    model = steps.model  # DeepSpeed: its engine
+    net = unwrap(model)
     peak, peak_source = peak_tflops(device, cfg.train.peak_tflops)
     return Run(
         cfg=cfg, run_dir=run_dir, dist=dist_info, dims=dims, net=net, model=model,
-        optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.optim, cfg.train.steps,
-                                                       build_schedule(cfg.data).lr_scale),
-        ema=EMA(net, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None,
-        objective=build_objective(cfg.objective), video_encoder=video_encoder,
+        optimizer=optimizer, steps=steps,
+        scheduler=build_scheduler(optimizer, cfg.optim, cfg.train.steps, build_schedule(cfg.data).lr_scale),
+        ema=build_ema(net, cfg.train.ema_decay),
+        objective=build_objective(cfg.objective, dims.dp_rank(dist_info.rank), dims.dp),
+        video_encoder=video_encoder,
         text_encoder=text_encoder,
         loader=build_loader(cfg.data, dims.dp_rank(dist_info.rank), dims.dp,
                             expected_signature=video_encoder.signature(),
@@ -151,7 +192,7 @@ def build_run(cfg: LiteGenConfig, run_dir: Path, dist_info: DistInfo) -> Run:
                             micro_batches_per_step=cfg.train.grad_accum_steps),
         null_cond=encode_captions(text_encoder, [""], device),
         checkpointer=Checkpointer(run_dir / "checkpoints", cfg.train.keep_last_k, dist_info),
-        meter=Meter(dist_info, peak), peak_source=peak_source)
+        meter=Meter(dist_info, peak, group=dims.group("dp")), peak_source=peak_source)
 
 
 def resume_if_possible(run: Run) -> Optional[Path]:
@@ -178,7 +219,8 @@ def describe(run: Run) -> dict[str, Any]:
         "model": f"{cfg.model.name} ({cfg.model.family}), {count_params(run.net) / 1e6:.2f}M params",
         "objective": cfg.objective.name,
         "layout": f"world {run.dist.world_size} = dp {run.dims.dp} x sp {run.dims.sp} "
-                  f"({cfg.parallel.backend}) on {run.dist.device.type}",
+                  f"(ring {run.dims.sp_ring} x ulysses {run.dims.sp_ulysses}, "
+                  f"{cfg.parallel.backend}) on {run.dist.device.type}",
         "batch": f"{batch_summary(cfg)}/rank x {cfg.train.grad_accum_steps} accum x {run.dims.dp} dp",
         "data": cfg.data.shards,
         "peak for MFU": f"{run.meter.peak_tflops:.2f} TFLOP/s ({run.peak_source})"

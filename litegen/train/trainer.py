@@ -12,7 +12,7 @@ from litegen.parallel.distributed import barrier
 from litegen.train import console
 from litegen.train.batches import batch_work, model_inputs
 from litegen.train.conditioning import batch_cond
-from litegen.train.rng import step_generator
+from litegen.train.rng import micro_batch_generator
 from litegen.train.setup import Run
 from litegen.train.sampling import generate_sample
 
@@ -26,7 +26,7 @@ def forward_backward(run: Run, batch: dict, generator: torch.Generator, scale: f
     dtype = run.autocast_dtype()
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         out = run.objective.loss(run.model, latents, cond, generator)
-    (out.loss * scale).backward()
+    run.steps.backward(out.loss * scale)
     run.meter.add_micro(out.loss.detach(), *batch_work(run.cfg.model, latents, cond.context.shape[1]))
     return out.loss.detach()
 
@@ -34,18 +34,14 @@ def forward_backward(run: Run, batch: dict, generator: torch.Generator, scale: f
 def train_step(run: Run, batches: Iterator[dict]) -> torch.Tensor:
     """One optimizer step over grad_accum_steps micro-batches; returns the pre-clip grad norm."""
     accum = run.cfg.train.grad_accum_steps
-    run.optimizer.zero_grad(set_to_none=True)
+    run.steps.zero_grad()
     for micro in range(accum):
-        gen = step_generator(run.cfg.train.seed, run.dist.rank, run.step, micro, run.dist.device)
-        # DDP all-reduces gradients only on the last micro-batch of the step.
-        last = micro == accum - 1
-        sync = contextlib.nullcontext() if last or not hasattr(run.model, "no_sync") else run.model.no_sync()
-        with sync:
-            forward_backward(run, next(batches), gen, 1.0 / accum)
-    clip = run.cfg.optim.grad_clip_norm
-    params = [p for p in run.model.parameters() if p.grad is not None]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
-    run.optimizer.step()
+        gen = micro_batch_generator(run.cfg.train.seed, run.step, run.dp_rank, micro, accum,
+                                    run.dist.device)
+        # Gradients are reduced across ranks on the last micro-batch only (where the backend can).
+        with run.steps.accumulate(last=micro == accum - 1):
+            forward_backward(run, next(batches), gen, run.loss_scale)
+    grad_norm = run.steps.step(run.cfg.optim.grad_clip_norm)
     run.scheduler.step()
     if run.ema is not None:
         run.ema.update(run.net)
@@ -96,14 +92,19 @@ def train(run: Run) -> None:
 
 
 def sample_at_end(run: Run) -> Optional[Path]:
-    """Rank 0 renders the sample clip from the EMA weights; other ranks wait."""
+    """Render the sample clip from the EMA weights; rank 0 writes it.
+
+    Every rank runs the sampler: sharded weights and sequence parallelism make each forward a
+    collective (and all ranks draw the same noise, so they compute the same clip).
+    """
     path = None
-    if run.dist.is_main and run.cfg.train.sample.enabled:
+    if run.cfg.train.sample.enabled:
         ema = run.ema.applied_to(run.net) if run.ema is not None else contextlib.nullcontext()
         with ema:
             path = generate_sample(run.net, run.objective, run.video_encoder, run.text_encoder,
                                    run.cfg.train.sample, run.dist.device,
-                                   run.run_dir / "samples", run.step)
-        run.metrics.log_video(path, " | ".join(run.cfg.train.sample.prompts), run.step)
+                                   run.run_dir / "samples", run.step, write=run.dist.is_main)
+        if run.dist.is_main:
+            run.metrics.log_video(path, " | ".join(run.cfg.train.sample.prompts), run.step)
     barrier()
     return path

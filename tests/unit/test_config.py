@@ -18,6 +18,13 @@ from litegen.train.setup import build_optimizer
 # Groups whose options need files on disk (a local model folder) get a dummy path to validate.
 NEEDS_PATH = {("encoders/video", "diffusers_vae"): ["encoders.video.path=/models/vae"],
               ("encoders/text", "t5"): ["encoders.text.path=/models/t5"]}
+# Token models and the masked-token objective only go together.
+PARTNER = {("model", "worlddreamer_tiny"): ["objective=masked_tokens"],
+           ("objective", "masked_tokens"): ["model=worlddreamer_tiny"]}
+# Full-size WorldDreamer needs a real 8192-code VQ tokenizer; the built-in palette tokenizer has
+# levels^3 codes, so composing it must fail on model.vocab_size (its size is checked on meta in
+# tests/unit/test_families.py from the model yaml alone).
+NEEDS_REAL_TOKENIZER = {"worlddreamer"}
 
 
 def _options(group: str) -> list[str]:
@@ -36,7 +43,12 @@ def test_every_experiment_composes():
                                    "logging", "encoders/video", "encoders/text"])
 def test_every_group_option_composes(group):
     for option in _options(group):
-        overrides = [f"{group}={option}", *NEEDS_PATH.get((group, option), [])]
+        overrides = [f"{group}={option}", *NEEDS_PATH.get((group, option), []),
+                     *PARTNER.get((group, option), [])]
+        if group == "model" and option in NEEDS_REAL_TOKENIZER:
+            with pytest.raises(ConfigError, match="model.vocab_size"):
+                compose(overrides + ["objective=masked_tokens"])
+            continue
         if group == "model" and option != "tiny":
             # Full-size models expect real encoders (16 latent channels, 4096-wide text).
             overrides += ["encoders/video=diffusers_vae", "encoders.video.path=/m",
@@ -47,8 +59,8 @@ def test_every_group_option_composes(group):
 
 
 def test_every_model_instantiates_on_meta():
-    for option in _options("model"):
-        overrides = [f"model={option}"]
+    for option in set(_options("model")) - NEEDS_REAL_TOKENIZER:
+        overrides = [f"model={option}", *PARTNER.get(("model", option), [])]
         if option != "tiny":
             overrides += ["encoders/video=diffusers_vae", "encoders.video.path=/m",
                           "encoders/text=t5", "encoders.text.path=/m"]

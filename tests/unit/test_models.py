@@ -15,6 +15,7 @@ from litegen.models import FAMILIES, build_model, count_params, model_plan
 from litegen.models.attention import AttentionCore, attention, attention_backend
 from litegen.models.embeddings import patchify, unpatchify
 from litegen.models.rope import RotaryEmbedding3D, apply_rope, grid_positions, rope_axis_dims
+from litegen.tools.diffusers_maps import WAN_KEYS
 
 # Parameter counts of the released Wan 2.1 T2V checkpoints (2.84 GB / 28.6 GB in bf16); equal to
 # diffusers' WanTransformer3DModel built with the same config.
@@ -309,18 +310,8 @@ def test_models_package_never_imports_torch_distributed():
 
 # ---- agreement with the published architecture (diffusers' port of Wan 2.1) ------------------
 
-DIFFUSERS_KEYS = [  # our (original Wan) names -> diffusers names
-    (r"^text_embedding\.0\.", "condition_embedder.text_embedder.linear_1."),
-    (r"^text_embedding\.2\.", "condition_embedder.text_embedder.linear_2."),
-    (r"^time_embedding\.0\.", "condition_embedder.time_embedder.linear_1."),
-    (r"^time_embedding\.2\.", "condition_embedder.time_embedder.linear_2."),
-    (r"^time_projection\.1\.", "condition_embedder.time_proj."),
-    (r"\.self_attn\.", ".attn1."), (r"\.cross_attn\.", ".attn2."),
-    (r"(attn\d)\.([qkv])\.", r"\1.to_\2."), (r"(attn\d)\.o\.", r"\1.to_out.0."),
-    (r"\.norm3\.", ".norm2."), (r"\.ffn\.0\.", ".ffn.net.0.proj."), (r"\.ffn\.2\.", ".ffn.net.2."),
-    (r"\.modulation$", ".scale_shift_table"), (r"^head\.head\.", "proj_out."),
-    (r"^head\.scale_shift_table$", "scale_shift_table"),
-]
+# our (original Wan) names -> diffusers names: the converter's map (litegen/tools/diffusers_maps.py)
+DIFFUSERS_KEYS = WAN_KEYS
 
 
 def test_matches_diffusers_wan_with_all_text_attended():
@@ -342,3 +333,30 @@ def test_matches_diffusers_wan_with_all_text_attended():
         expected = ref(x, t * ours.cfg.timestep_scale, context, return_dict=False)[0]
         got = ours(x, t, context, torch.ones(context.shape[:2], dtype=torch.bool))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_absolute_position_embedding_breaks_translation_symmetry():
+    from litegen.config.model import WanConfig
+    from litegen.models import build_model
+    from litegen.models.embeddings import absolute_position_embedding
+    from litegen.models.rope import grid_positions
+
+    pos = grid_positions((2, 3, 4))
+    emb = absolute_position_embedding(pos, 48)
+    assert emb.shape == (24, 48)
+    assert torch.unique(emb, dim=0).shape[0] == 24  # every token gets its own code
+    # On a constant input a RoPE-only model answers the same at every interior token; with the
+    # embedding the answer depends on where the token is.
+    outputs = {}
+    for flag in (False, True):
+        cfg = WanConfig(dim=48, ffn_dim=96, num_heads=2, num_layers=1, freq_dim=16, in_channels=4,
+                        out_channels=4, text_dim=8, patch_size=[1, 1, 1], absolute_pos_embed=flag)
+        net = build_model(cfg)
+        net.init_weights(0)
+        torch.nn.init.normal_(net.head.head.weight, std=0.1)  # zero-init head would hide it
+        x = torch.ones(1, 4, 1, 1, 8)  # one row of 8 identical tokens
+        out = net(x, torch.tensor([0.5]), torch.ones(1, 2, 8), torch.ones(1, 2, dtype=torch.bool))
+        outputs[flag] = out[0, :, 0, 0, 1:-1].detach()  # interior tokens (values are identical,
+        # so without position codes attention returns the same mix everywhere)
+    spread = {k: float((v - v.mean(-1, keepdim=True)).abs().max()) for k, v in outputs.items()}
+    assert spread[True] > 100 * max(spread[False], 1e-7)

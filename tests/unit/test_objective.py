@@ -5,7 +5,7 @@ from torch import nn
 
 from litegen.config import RectifiedFlowConfig
 from litegen.objectives import Cond, RectifiedFlow
-from litegen.objectives.guidance import drop_captions, guided_velocity
+from litegen.objectives.guidance import drop_captions, guided_prediction
 from litegen.objectives.rectified_flow import shift_time
 
 
@@ -86,7 +86,7 @@ def test_guidance_combines_conditional_and_unconditional():
     cond, null = _cond(2), _cond(2)
     model = ByContext()
     expected_c, expected_u = model(x, t, cond.context, None), model(x, t, null.context, None)
-    got = guided_velocity(model, x, t, cond, null, 3.0)
+    got = guided_prediction(model, x, t, cond, null, 3.0)
     torch.testing.assert_close(got, expected_u + 3.0 * (expected_c - expected_u))
 
 
@@ -98,3 +98,41 @@ def test_caption_dropout_rate_and_determinism():
     rate = sum(c == "" for c in a) / len(a)
     assert 0.22 < rate < 0.28
     assert drop_captions(captions[:3], 0.0, torch.Generator()) == captions[:3]
+
+
+class ExactData(nn.Module):
+    """A perfect data predictor when all data is one point x0."""
+
+    def __init__(self, x0):
+        super().__init__()
+        self.x0 = x0
+
+    def forward(self, x, t, context, context_mask):
+        return self.x0.expand_as(x)
+
+
+def test_data_prediction_loss_is_taken_on_the_implied_velocity():
+    obj = RectifiedFlow(RectifiedFlowConfig(timestep_sampling="uniform", prediction="data",
+                                            min_t_data=0.05))
+    x0 = torch.randn(3, 2, 2, 4, 4)
+    pred = torch.randn_like(x0)
+    model = Recorder(pred)
+    out = obj.loss(model, x0, _cond(3), torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    noise = torch.randn(x0.shape, generator=gen)
+    t = torch.rand(3, generator=gen)
+    x_t, _ = model.seen
+    v_hat = (x_t - pred) / t.clamp(min=0.05).view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(out.loss, ((v_hat - (noise - x0)) ** 2).mean())
+    # A perfect data prediction gives zero loss wherever t is not clamped.
+    perfect = obj.loss(ExactData(x0), x0, _cond(3), torch.Generator().manual_seed(3))
+    if float(t.min()) >= 0.05:
+        assert float(perfect.loss) < 1e-10
+
+
+def test_euler_sampler_with_data_prediction_reaches_data():
+    x0 = torch.randn(1, 3, 2, 4, 4)
+    obj = RectifiedFlow(RectifiedFlowConfig(prediction="data"))
+    out = obj.sample(ExactData(x0), torch.randn(2, 3, 2, 4, 4), _cond(2), _cond(2), steps=8,
+                     guidance_scale=2.0)
+    torch.testing.assert_close(out, x0.expand_as(out), atol=1e-5, rtol=1e-5)

@@ -149,3 +149,17 @@ def test_tile_and_upscale():
     assert big.shape == (4, 6, 6, 3) and (big == 10).all()
     with pytest.raises(ValueError, match="equal length"):
         tile_clips([a, a[:2]], cols=2)
+
+
+def test_position_jitter_zero_makes_the_caption_fix_the_path():
+    from litegen.data.synthetic import motion_path
+
+    a = motion_path(np.random.default_rng(1), "moving right", 8, 32, 48, 8.0, position_jitter=0.0)
+    b = motion_path(np.random.default_rng(2), "moving right", 8, 32, 48, 8.0, position_jitter=0.0)
+    assert np.array_equal(a, b)
+    assert a[0, 0] < 24 < a[-1, 0] and np.allclose(a[:, 1], 16.0)  # left to right, centred row
+    c = motion_path(np.random.default_rng(1), "moving right", 8, 32, 48, 8.0, position_jitter=1.0)
+    d = motion_path(np.random.default_rng(2), "moving right", 8, 32, 48, 8.0, position_jitter=1.0)
+    assert not np.array_equal(c, d)
+    for path in (a, c, d):  # the whole shape stays inside the frame
+        assert path[:, 0].min() >= 8.0 and path[:, 0].max() <= 40.0

@@ -1,0 +1,127 @@
+"""Ulysses, ring and 2D attention on 2 and 4 gloo ranks vs one-process SDPA on the full sequence.
+
+One spawn per world size runs every layout and case; each rank checks its own chunk of the
+output and of the q/k/v gradients against the reference, and counts the bytes it sent.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from harness import run_ranks
+
+from litegen.parallel.ring import ring_bytes_per_rank
+from litegen.parallel.ulysses import ulysses_bytes_per_rank
+
+pytestmark = pytest.mark.slow
+
+B, H, D = 2, 4, 8
+LAYOUTS = {2: [("ulysses", 1, 2), ("ring", 2, 1)],
+           4: [("ulysses", 1, 4), ("ring", 4, 1), ("2d", 2, 2)]}
+# (name, sequence length, mask some keys of sample 1)
+CASES = [("odd", 13, False), ("masked", 16, True), ("odd_masked", 11, True)]
+
+
+def full_inputs(seq: int, masked: bool):
+    gen = torch.Generator().manual_seed(seq)
+    q, k, v, dout = (torch.randn(B, seq, H, D, generator=gen) for _ in range(4))
+    key_valid = torch.ones(B, seq, dtype=torch.bool)
+    if masked:
+        key_valid[1, seq // 3: seq // 3 + 4] = False  # a hole, so masking is not just "the end"
+        key_valid[1, -2:] = False
+    return q, k, v, dout, key_valid
+
+
+def reference(q, k, v, dout, key_valid):
+    q, k, v = (x.clone().requires_grad_() for x in (q, k, v))
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=key_valid[:, None, None, :]).transpose(1, 2)
+    out.backward(dout)
+    return out.detach(), q.grad, k.grad, v.grad
+
+
+def sp_case(groups, seq: int, masked: bool):
+    """Max |error| of this rank's output and q/k/v gradient chunks against the reference."""
+    from litegen.parallel.sequence import SequenceLayout
+
+    q, k, v, dout, key_valid = full_inputs(seq, masked)
+    expected = reference(q, k, v, dout, key_valid)
+    split = SequenceLayout(seq, groups.sp, groups.sp_rank)
+    local = [split.shard(x, 1).clone().requires_grad_() for x in (q, k, v)]
+    full_valid = torch.cat([key_valid, torch.zeros(B, split.padded - seq, dtype=torch.bool)], 1)
+    out = groups.attend(*local, full_valid)
+    out.backward(split.shard(dout, 1))
+    got = [out.detach(), *(x.grad for x in local)]
+    # Compare real token positions only: rows of padding queries are discarded by design.
+    real = split.shard(torch.ones(1, seq, dtype=torch.bool), 1)[0]
+    return [(g[:, real] - split.shard(e, 1)[:, real]).abs().max().item() for g, e in zip(got, expected)]
+
+
+def count_case(groups, seq: int):
+    """Bytes this rank sent for one forward and one backward of the attention."""
+    from litegen.parallel.comm import count_bytes
+
+    q, k, v, dout, _ = full_inputs(seq, False)
+    local = [x[:, groups.sp_rank * seq // groups.sp:][:, :seq // groups.sp].clone().requires_grad_()
+             for x in (q, k, v)]
+    with count_bytes() as forward:
+        out = groups.attend(*local)
+    with count_bytes() as backward:
+        out.backward(dout[:, :seq // groups.sp])
+    return dict(forward), dict(backward)
+
+
+def worker(world: int):
+    import torch.distributed as dist
+
+    from litegen.parallel.dims import ParallelDims
+    from litegen.parallel.sequence import SequenceParallelGroups
+
+    results = {}
+    for name, ring, ulysses in LAYOUTS[world]:
+        dims = ParallelDims(1, 1, ring, ulysses, world)
+        dims.build_mesh("cpu")
+        groups = SequenceParallelGroups(dims, dist.get_rank())
+        for case, seq, masked in CASES:
+            results[(name, case)] = sp_case(groups, seq, masked)
+        results[(name, "bytes")] = count_case(groups, 16 * world)
+    return results
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=["world2", "world4"])
+def world_results(request):
+    return request.param, run_ranks(worker, request.param, request.param)
+
+
+def test_matches_sdpa_outputs_and_grads(world_results):
+    world, ranks = world_results
+    for rank, results in enumerate(ranks):
+        for name, _, _ in LAYOUTS[world]:
+            for case, _, _ in CASES:
+                errors = results[(name, case)]
+                assert max(errors) <= 1e-5, (name, case, rank, errors)
+
+
+def test_bytes_match_formula(world_results):
+    world, ranks = world_results
+    s = 16  # tokens per rank in count_case
+    fp32 = 4
+    for results in ranks:
+        for name, ring, ulysses in LAYOUTS[world]:
+            forward, backward = results[(name, "bytes")]
+            qkv_block = B * s * H * D * fp32
+            if name == "ulysses":  # q, k, v out and the output back; 1/P of each stays local
+                assert forward == {"all_to_all": 4 * qkv_block * (world - 1) // world}
+                assert backward == {"all_to_all": 4 * qkv_block * (world - 1) // world}
+                formula = ulysses_bytes_per_rank(B, s, H, D, world, fp32)
+                assert (forward["all_to_all"], backward["all_to_all"]) == (formula["forward"], formula["backward"])
+            elif name == "ring":  # K and V travel P-1 hops; backward adds fp32 dK/dV for P hops
+                assert forward == {"ring": 2 * qkv_block * (world - 1)}
+                assert backward == {"ring": 2 * qkv_block * (world - 1) + 2 * B * s * H * D * 4 * world}
+                formula = ring_bytes_per_rank(B, s, H, D, world, fp32)
+                assert (forward["ring"], backward["ring"]) == (formula["forward"], formula["backward"])
+            else:  # 2D: Ulysses exchange inside, then the ring over U*s tokens of H/U heads
+                a2a = 4 * qkv_block * (ulysses - 1) // ulysses
+                ring_block = qkv_block  # (U*s tokens) x (H/U heads): same size as the local block
+                assert forward == {"all_to_all": a2a, "ring": 2 * ring_block * (ring - 1)}
+                assert backward == {"all_to_all": a2a,
+                                    "ring": 2 * ring_block * (ring - 1) + 2 * ring_block * ring}
