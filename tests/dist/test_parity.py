@@ -68,12 +68,17 @@ def layouts_worker(world: int, shards: str, tmp: str) -> dict:
     os.environ["TORCH_EXTENSIONS_DIR"] = extensions_dir()
     rank_dir = Path(tmp)
     results = {}
-    for name, (size, _, extra) in LAYOUTS.items():
-        if size == world:
-            results[name] = train_until(build(overrides(shards, *extra), rank_dir / name), STEPS)
-    for name in RESUME:
-        if LAYOUTS[name][0] == world:
-            results[name + "/resumed"] = resumed_losses(shards, rank_dir / (name + "-resume"), LAYOUTS[name][2])
+    # DeepSpeed layouts last: ZeRO-3 replaces torch.nn.functional.linear for the whole process
+    # (its memory-efficient linear), which moves later fp32 gradients by an ulp and would break
+    # the bitwise comparison of a straight run with its resumed twin.
+    names = sorted(LAYOUTS, key=lambda n: "parallel=deepspeed" in LAYOUTS[n][2])
+    for name in names:
+        size, _, extra = LAYOUTS[name]
+        if size != world:
+            continue
+        results[name] = train_until(build(overrides(shards, *extra), rank_dir / name), STEPS)
+        if name in RESUME:
+            results[name + "/resumed"] = resumed_losses(shards, rank_dir / (name + "-resume"), extra)
     dist.barrier()
     return results
 
