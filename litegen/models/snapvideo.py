@@ -80,7 +80,7 @@ class FITBlock(nn.Module):
                 text_mask: Tensor, rope: Tensor) -> tuple[Tensor, Tensor]:
         latents = self.read(latents, patches, groups)
         for layer in self.latent_layers:
-            latents = layer(latents, e6, text, text_mask, rope)
+            latents = layer(latents, e6.unsqueeze(1), text, text_mask, rope)  # [B, 1, 6, dim]: one t per clip
         patches = self.write(patches, latents, groups)
         return patches + self.patch_ffn(self.patch_norm(patches)), latents
 
