@@ -115,7 +115,8 @@ def sample_summary(run) -> tuple:
 
     from litegen.train.sampling import sample_latents
 
-    cfg = replace(run.cfg.train.sample, steps=2, frames=4, height=16, width=16)
+    cfg = replace(run.cfg.train.sample, steps=2, frames=4, height=16, width=16,
+                  prompts=run.cfg.train.sample.prompts[:1])
     latents = sample_latents(run.net, run.objective, run.video_encoder, run.text_encoder, cfg, run.dist.device)
     return tuple(latents.shape), float(latents.sum()), float(latents.abs().sum())
 
