@@ -112,9 +112,20 @@ class TrainConfig:
     log_every_steps: int = 10
     peak_tflops: Optional[float] = None  # per device, for MFU; None: spec table (CUDA) / measured (CPU)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    # Fault tolerance (README "Fault tolerance"): background checkpoint writes; what a non-finite
+    # loss or gradient does (stop before the update, or skip the update on every rank); and the
+    # per-phase watchdog that ends a stalled job (0 disables it).
+    ckpt_async: bool = False
+    nonfinite: str = "stop"  # stop | skip
+    max_consecutive_skips: int = 3  # with nonfinite=skip: this many skipped steps in a row stop the run
+    step_timeout_s: float = 1800.0  # longest a phase (data, forward_backward, optimizer, checkpoint) may take
 
     def problems(self) -> Problems:
         yield from _positive(self, "steps", "grad_accum_steps", "ckpt_every_steps", "log_every_steps")
+        yield from _one_of(self, "nonfinite", ("stop", "skip"))
+        yield from _positive(self, "max_consecutive_skips")
+        if self.step_timeout_s < 0:
+            yield "step_timeout_s", f"must be >= 0 (0 disables the watchdog), got {self.step_timeout_s}"
         yield from _one_of(self, "mixed_precision", ("auto", "bf16", "fp32"))
         if not 0.0 <= self.ema_decay < 1.0:
             yield "ema_decay", f"must be in [0, 1), got {self.ema_decay}"

@@ -72,6 +72,10 @@ def cross_problems(cfg: LiteGenConfig) -> Iterator[tuple[str, str]]:
         if len(shape) == 3:
             yield from _shape_problems(f"data.synthetic.shapes[{i}]", *shape, cfg)
     yield from _bucket_problems(cfg)
+    if cfg.train.nonfinite == "skip" and cfg.parallel.backend == "deepspeed":
+        yield "train.nonfinite", ("skip needs parallel.backend fsdp2 or ddp: DeepSpeed's engine reduces "
+                                  "and steps in one call, so a step cannot be dropped on every rank; "
+                                  "use train.nonfinite=stop")
 
 
 def _bucket_problems(cfg: LiteGenConfig) -> Iterator[tuple[str, str]]:

@@ -65,6 +65,14 @@ class DeepSpeedSteps:
 
     def step(self, clip_norm: float) -> Tensor:
         """Clipping happens inside DeepSpeed (config gradient_clipping); returns the pre-clip norm."""
+        self.clip(clip_norm)
+        return self.apply()
+
+    def clip(self, clip_norm: float) -> None:
+        """DeepSpeed clips inside engine.step(): the norm is known only after the update."""
+        return None
+
+    def apply(self) -> Tensor:
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
         return torch.as_tensor(float(norm) if norm is not None else float("nan"))

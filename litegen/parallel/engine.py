@@ -36,12 +36,21 @@ class TorchSteps:
 
     def step(self, clip_norm: float) -> Tensor:
         """Clip (clip_norm <= 0: only measure) and step; returns the pre-clip gradient norm."""
+        norm = self.clip(clip_norm)
+        self.apply()
+        return norm
+
+    def clip(self, clip_norm: float) -> Tensor:
+        """Clip (clip_norm <= 0: only measure); the pre-clip norm, known before the update."""
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, clip_norm if clip_norm > 0 else math.inf)
         if isinstance(norm, DTensor):  # FSDP2: the norm of sharded gradients, reduced on demand
             norm = norm.full_tensor()
-        self.optimizer.step()
         return norm
+
+    def apply(self) -> None:
+        """The optimizer update (after clip, once the step is known to be finite)."""
+        self.optimizer.step()
 
     def checkpoint_state(self) -> Any:
         return ModelOptimState(self.model, self.optimizer)

@@ -45,6 +45,15 @@ class Meter:
     def end_step(self) -> None:
         self.window.steps += 1
 
+    def mark(self) -> tuple:
+        """The window's sums now, for rollback() of a step whose update was skipped."""
+        w = self.window
+        return w.loss_sum, w.micro_batches, w.samples, w.tokens, w.flops
+
+    def rollback(self, mark: tuple) -> None:
+        w = self.window
+        w.loss_sum, w.micro_batches, w.samples, w.tokens, w.flops = mark
+
     def summary(self, step: int, lr: float, grad_norm: float) -> dict[str, Any]:
         """Reduce the window over the group (one collective) and turn it into a metrics record."""
         w = self.window

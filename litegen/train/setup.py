@@ -28,6 +28,8 @@ from litegen.train.ema import EMA
 from litegen.train.lr import build_scheduler
 from litegen.train.metrics import Meter, MetricsWriter
 from litegen.train.mfu import peak_tflops
+from litegen.train.nonfinite import NonFiniteGuard
+from litegen.train.watchdog import Watchdog
 from litegen.tools.convert import load_converted
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,13 @@ class Run:
     metrics: Optional[MetricsWriter] = None
     peak_source: str = ""
     step: int = 0  # optimizer steps completed
+    nonfinite: Optional[NonFiniteGuard] = None  # decides, on every rank alike, whether to apply a step
+    watchdog: Optional[Watchdog] = None  # ends the job when a phase of the loop stalls
+
+    def phase(self, name: str) -> None:
+        """Tell the watchdog which phase of the step in progress (run.step + 1) starts now."""
+        if self.watchdog is not None:
+            self.watchdog.phase(name, self.step + 1)
 
     @property
     def dp_rank(self) -> int:
@@ -194,8 +203,11 @@ def build_run(cfg: LiteGenConfig, run_dir: Path, dist_info: DistInfo) -> Run:
                             geometry=TokenGeometry.of(video_encoder, cfg.model.patch_size),
                             micro_batches_per_step=cfg.train.grad_accum_steps),
         null_cond=encode_captions(text_encoder, [""], device),
-        checkpointer=Checkpointer(run_dir / "checkpoints", cfg.train.keep_last_k, dist_info),
-        meter=Meter(dist_info, peak, group=dims.group("dp")), peak_source=peak_source)
+        checkpointer=Checkpointer(run_dir / "checkpoints", cfg.train.keep_last_k, dist_info,
+                                  async_save=cfg.train.ckpt_async),
+        meter=Meter(dist_info, peak, group=dims.group("dp")), peak_source=peak_source,
+        nonfinite=NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_consecutive_skips, dist_info),
+        watchdog=Watchdog(cfg.train.step_timeout_s, dist_info))
 
 
 def resume_if_possible(run: Run) -> Optional[Path]:

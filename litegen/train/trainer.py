@@ -9,7 +9,7 @@ from typing import Iterator, Optional
 import torch
 
 from litegen.parallel.distributed import barrier
-from litegen.train import console
+from litegen.train import console, faults
 from litegen.train.batches import batch_work, model_inputs
 from litegen.train.conditioning import batch_cond
 from litegen.train.rng import micro_batch_generator
@@ -29,36 +29,53 @@ def forward_backward(run: Run, batch: dict, generator: torch.Generator, scale: f
     dtype = run.autocast_dtype()
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
         out = run.objective.loss(run.model, latents, cond, generator, stratum=stratum)
-    run.steps.backward(out.loss * scale)
-    run.meter.add_micro(out.loss.detach(), *batch_work(run.cfg.model, latents, cond.context.shape[1]))
-    return out.loss.detach()
+    loss = faults.corrupt_loss(out.loss, run.dist.rank, run.step + 1)
+    run.steps.backward(loss * scale)
+    run.meter.add_micro(loss.detach(), *batch_work(run.cfg.model, latents, cond.context.shape[1]))
+    return loss.detach()
 
 
 def train_step(run: Run, batches: Iterator[dict]) -> torch.Tensor:
-    """One optimizer step over grad_accum_steps micro-batches; returns the pre-clip grad norm."""
+    """One optimizer step over grad_accum_steps micro-batches; returns the pre-clip grad norm.
+
+    A step with a non-finite loss or gradient on any rank is never applied (run.nonfinite)."""
     accum = run.cfg.train.grad_accum_steps
     run.steps.zero_grad()
+    mark, loss_sum = run.meter.mark(), 0.0
     for micro in range(accum):
         gen = micro_batch_generator(run.cfg.train.seed, run.step, run.dp_rank, micro, accum,
                                     run.dist.device)
         stratum = (run.dp_rank * accum + micro, run.dims.dp * accum)
+        run.phase("data")
+        faults.stall(run.dist.rank, run.step + 1)
+        batch = next(batches)
+        run.phase("forward_backward")
         # Gradients are reduced across ranks on the last micro-batch only (where the backend can).
         with run.steps.accumulate(last=micro == accum - 1):
-            forward_backward(run, next(batches), gen, run.loss_scale, stratum)
-    grad_norm = run.steps.step(run.cfg.optim.grad_clip_norm)
+            loss_sum = loss_sum + forward_backward(run, batch, gen, run.loss_scale, stratum)
+    run.phase("optimizer")
+    grad_norm = run.steps.clip(run.cfg.optim.grad_clip_norm)
+    if run.nonfinite is None or run.nonfinite.allows_update(run.step + 1, loss_sum, grad_norm):
+        after = run.steps.apply()
+        grad_norm = grad_norm if grad_norm is not None else after  # DeepSpeed: known after the step
+        if run.ema is not None:
+            run.ema.update(run.net)
+    else:
+        run.steps.zero_grad()
+        run.meter.rollback(mark)  # the skipped step's loss stays out of the logged mean
+        grad_norm = torch.tensor(float("nan"))
+    # A skipped step still advances: the data stream and the schedule are keyed by the step.
     run.scheduler.step()
-    if run.ema is not None:
-        run.ema.update(run.net)
     run.step += 1
     run.meter.end_step()
     return grad_norm
 
 
 def log_step(run: Run, grad_norm: torch.Tensor, started: tuple[float, int]) -> None:
-    record = run.meter.summary(run.step, run.scheduler.get_last_lr()[0], float(grad_norm))
-    if not (math.isfinite(record["loss"]) and math.isfinite(record["grad_norm"])):
-        raise FloatingPointError(f"non-finite loss/grad-norm at step {run.step}: loss "
-                                 f"{record['loss']}, grad_norm {record['grad_norm']}")
+    # Non-finite steps were stopped or skipped before the update (train_step); a skipped one
+    # logs no grad norm.
+    norm = float(grad_norm)
+    record = run.meter.summary(run.step, run.scheduler.get_last_lr()[0], norm if math.isfinite(norm) else None)
     run.metrics.write(record)
     if run.dist.is_main:
         start_time, start_step = started
@@ -78,6 +95,7 @@ def announce_stage(run: Run, previous):
 
 
 def save_checkpoint(run: Run) -> Path:
+    run.phase("checkpoint")
     return run.checkpointer.save(run.step, run.checkpoint_state())
 
 
@@ -86,13 +104,17 @@ def train(run: Run) -> None:
     batches = iter(run.loader)
     started = (time.perf_counter(), run.step)
     stage = None
-    while run.step < cfg.steps:
-        stage = announce_stage(run, stage)
-        grad_norm = train_step(run, batches)
-        if run.step % cfg.log_every_steps == 0 or run.step == cfg.steps:
-            log_step(run, grad_norm, started)
-        if run.step % cfg.ckpt_every_steps == 0 or run.step == cfg.steps:
-            save_checkpoint(run)
+    with run.watchdog.watching():
+        while run.step < cfg.steps:
+            stage = announce_stage(run, stage)
+            grad_norm = train_step(run, batches)
+            run.checkpointer.poll()  # marks a finished background save complete
+            if run.step % cfg.log_every_steps == 0 or run.step == cfg.steps:
+                log_step(run, grad_norm, started)
+            if run.step % cfg.ckpt_every_steps == 0 or run.step == cfg.steps:
+                save_checkpoint(run)
+        run.phase("checkpoint")
+        run.checkpointer.wait()  # the last background save is on disk and marked before we go on
 
 
 def sample_at_end(run: Run) -> Optional[Path]:
