@@ -27,6 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.checkpoint.stateful import Stateful
 
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 MARKER = "COMPLETE"
 LEASE_PREFIX = ".loading-"  # <dir>/.loading-<host>-<pid>: a process is reading this checkpoint
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+
+# DCP reports a failed write on any rank as a CheckpointException, a BaseException.
+_SAVE_ERRORS = (Exception, CheckpointException)
 
 # DCP warns on every call without a process group; one process is a supported layout here.
 warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
@@ -159,7 +163,7 @@ class Checkpointer:
             return path
         try:
             dcp.save(dcp_state, checkpoint_id=str(path))
-        except Exception as exc:
+        except _SAVE_ERRORS as exc:
             raise self._failed(step, exc) from exc
         barrier()  # every rank's shards are on disk before the marker says so
         self._finish(step, path, start)
@@ -183,7 +187,7 @@ class Checkpointer:
             return
         try:
             pending.future.result()
-        except Exception as exc:
+        except _SAVE_ERRORS as exc:
             raise self._failed(pending.step, exc) from exc
         self._finish(pending.step, pending.path, pending.started)
 
