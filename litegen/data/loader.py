@@ -20,6 +20,7 @@ from typing import Any, Iterator, Optional
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from litegen.config.errors import DataValueError
 from litegen.config.schema import DataConfig
 from litegen.data.buckets import TokenGeometry
 from litegen.data.reader import Reader, ReaderPlan, initial_state
@@ -124,12 +125,12 @@ class ShardLoader:
         if same_layout:
             mine = [r for r in ranks if r["dp_rank"] == self.dp_rank]
             if not mine:
-                raise ValueError(f"data loader state holds dp ranks {[r['dp_rank'] for r in ranks]}, "
+                raise DataValueError(f"data loader state holds dp ranks {[r['dp_rank'] for r in ranks]}, "
                                  f"not this rank's {self.dp_rank}")
             self.delivered, self._states = mine[0]["delivered"], copy.deepcopy(mine[0]["readers"])
             return
         if len(ranks) != first["dp_size"]:
-            raise ValueError(f"resuming on another layout (dp {first['dp_size']} x {first['num_readers']} "
+            raise DataValueError(f"resuming on another layout (dp {first['dp_size']} x {first['num_readers']} "
                              f"readers -> dp {self.dp_size} x {self.num_readers}) needs every rank's data state "
                              f"(global_state), got {len(ranks)} of {first['dp_size']}")
         self.delivered, self._states = redistribute(self.plan, ranks, self.dp_rank, self.dp_size, self.num_readers)
@@ -138,12 +139,12 @@ class ShardLoader:
 
     def _check_stream(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION:
-            raise ValueError(f"data loader state version {state.get('version')} != {STATE_VERSION} "
+            raise DataValueError(f"data loader state version {state.get('version')} != {STATE_VERSION} "
                              "(a checkpoint from an older LiteGen)")
         mine = {"stream": self.plan.units.digest(), "seed": self.plan.seed}
         changed = [f"{k}: saved {state.get(k)!r}, now {v!r}" for k, v in mine.items() if state.get(k) != v]
         if changed:
-            raise ValueError("data loader state is from a different stream (other shards, sources, weights "
+            raise DataValueError("data loader state is from a different stream (other shards, sources, weights "
                              "or data.seed): " + "; ".join(changed))
 
 

@@ -16,6 +16,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from litegen.config.errors import DataValueError, NoUsableData
 from litegen.data.buckets import ShuffleBuffer, TokenGeometry, nearest_bucket
 from litegen.data.decode import assemble, decode_caption_embedding, decode_clip
 from litegen.data.packing import choose_pack, ready_bucket
@@ -139,7 +140,7 @@ class Reader:
         expected = self.plan.expected_signature
         if expected is None or not sample.has_latent or sample.meta.get("video_encoder") == expected:
             return
-        raise ValueError(
+        raise DataValueError(
             f"{sample.shard}: sample {sample.key!r} was encoded with video_encoder="
             f"{sample.meta.get('video_encoder')}, but this run expects {expected}. Regenerate the dataset "
             "with the configured encoder (delete it or point data.shards elsewhere) or change "
@@ -150,7 +151,7 @@ class Reader:
         # read forever without a batch: a silent hang instead of an error.
         if self._idle_units > self.plan.total_shards + 1:
             stage = self.stage.name if self.stage else "?"
-            raise RuntimeError(
+            raise NoUsableData(
                 f"data: {self._idle_units - 1} shards read without one usable sample for stage {stage!r} "
                 f"(buckets {list(self.stage.shapes) if self.stage else []}); check data.buckets / the "
                 f"stage's buckets against the shapes in the shards, and the skip warnings above")
@@ -263,6 +264,6 @@ def fetch_samples(units: UnitSequence, refs: list[tuple[int, int]]) -> dict[tupl
                 break
     missing = [r for r in refs if r not in found]
     if missing:
-        raise RuntimeError(f"data: cannot restore {len(missing)} buffered samples, e.g. unit {missing[0][0]} "
+        raise DataValueError(f"data: cannot restore {len(missing)} buffered samples, e.g. unit {missing[0][0]} "
                            f"({units.unit(missing[0][0]).shard}) index {missing[0][1]}; did the shards change?")
     return found

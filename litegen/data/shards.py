@@ -35,6 +35,8 @@ import braceexpand  # a webdataset dependency, so always installed alongside it
 import torch
 import webdataset
 
+from litegen.config.errors import DataFileNotFound, DataValueError
+
 PathLike = Union[str, Path]
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "litegen.shards.v1"
@@ -253,10 +255,11 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 # ---- reading ----------------------------------------------------------------------------------
 
 
-class BadSample(ValueError):
+class BadSample(DataValueError):
     """A sample, or the rest of a shard, that cannot be used; names both for the bad-sample policy."""
 
     REASONS = ("unreadable_shard", "missing_part", "bad_metadata", "undecodable")
+    hint = "repair or remove the shard, or set data.bad_sample=skip to skip bad samples (counted, with a warning)"
 
     def __init__(self, shard: str, key: Optional[str] = None, reason: Optional[str] = None, detail: str = ""):
         if reason is None:  # rebuilt from its message alone (DataLoader re-raising a worker's error)
@@ -376,10 +379,10 @@ def expand_shards(spec: str, must_exist: bool = True) -> list[str]:
         else:
             missing.append(pattern)
     if found and missing:
-        raise FileNotFoundError(f"shard spec {spec!r}: {len(missing)} listed shards do not exist, "
+        raise DataFileNotFound(f"shard spec {spec!r}: {len(missing)} listed shards do not exist, "
                                 f"e.g. {missing[:3]}")
     if not found and must_exist:
-        raise FileNotFoundError(f"no shard matches data.shards={spec!r} (relative to {os.getcwd()}); "
+        raise DataFileNotFound(f"no shard matches data.shards={spec!r} (relative to {os.getcwd()}); "
                                 "generate the dataset or fix the spec")
     return sorted(found)
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from litegen.config.errors import DataValueError, UserError, user_message
 from litegen.data.buckets import Shape, nearest_bucket
 from litegen.data.decode import fit_clip, to_unit_range
 from litegen.data.shards import INDEX_NAME, ShardWriter
@@ -89,12 +90,14 @@ def _sidecar_caption(path: Path) -> Optional[str]:
 
 
 def _read_rows(source: Path) -> list[dict]:
+    if not source.is_file():
+        raise DataValueError(f"--input {source}: no such folder or file")
     if source.suffix.lower() == ".jsonl":
         return [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
     if source.suffix.lower() == ".csv":
         with open(source, newline="", encoding="utf-8") as handle:
             return list(csv.DictReader(handle))
-    raise ValueError(f"--input {source}: expected a folder, a .csv or a .jsonl file")
+    raise DataValueError(f"--input {source}: expected a folder, a .csv or a .jsonl file")
 
 
 # ---- one input --------------------------------------------------------------------------------
@@ -306,5 +309,14 @@ def _config_buckets(overrides: list[str]) -> tuple[Shape, ...]:
     return tuple(tuple(int(n) for n in shape) for shape in buckets.values())
 
 
+def cli(argv: Optional[list[str]] = None) -> int:
+    """main() with user mistakes (a bad --input, a config override) as one line and exit code 2."""
+    try:
+        return main(argv)
+    except UserError as e:
+        print(f"error: {user_message(e)}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
