@@ -46,29 +46,40 @@ def train_step(run: Run, batches: Iterator[dict]) -> torch.Tensor:
         gen = micro_batch_generator(run.cfg.train.seed, run.step, run.dp_rank, micro, accum,
                                     run.dist.device)
         stratum = (run.dp_rank * accum + micro, run.dims.dp * accum)
-        run.phase("data")
-        faults.stall(run.dist.rank, run.step + 1)
-        batch = next(batches)
-        run.phase("forward_backward")
+        batch = next_batch(run, batches)
         # Gradients are reduced across ranks on the last micro-batch only (where the backend can).
         with run.steps.accumulate(last=micro == accum - 1):
             loss_sum = loss_sum + forward_backward(run, batch, gen, run.loss_scale, stratum)
-    run.phase("optimizer")
-    grad_norm = run.steps.clip(run.cfg.optim.grad_clip_norm)
-    if run.nonfinite is None or run.nonfinite.allows_update(run.step + 1, loss_sum, grad_norm):
-        after = run.steps.apply()
-        grad_norm = grad_norm if grad_norm is not None else after  # DeepSpeed: known after the step
-        if run.ema is not None:
-            run.ema.update(run.net)
-    else:
-        run.steps.zero_grad()
-        run.meter.rollback(mark)  # the skipped step's loss stays out of the logged mean
-        grad_norm = torch.tensor(float("nan"))
+    grad_norm = update(run, loss_sum, mark)
     # A skipped step still advances: the data stream and the schedule are keyed by the step.
     run.scheduler.step()
     run.step += 1
     run.meter.end_step()
     return grad_norm
+
+
+def next_batch(run: Run, batches: Iterator[dict]) -> dict:
+    """The next micro-batch, inside the watchdog's `data` phase."""
+    run.phase("data")
+    faults.stall(run.dist.rank, run.step + 1)
+    batch = next(batches)
+    run.phase("forward_backward")
+    return batch
+
+
+def update(run: Run, loss_sum: torch.Tensor, mark: tuple) -> torch.Tensor:
+    """Clip, then apply the optimizer step and EMA unless some rank saw a non-finite loss or
+    gradient (run.nonfinite decides on every rank alike). Returns the pre-clip norm (NaN: skipped)."""
+    run.phase("optimizer")
+    grad_norm = run.steps.clip(run.cfg.optim.grad_clip_norm)
+    if run.nonfinite is not None and not run.nonfinite.allows_update(run.step + 1, loss_sum, grad_norm):
+        run.steps.zero_grad()
+        run.meter.rollback(mark)  # the skipped step's loss stays out of the logged mean
+        return torch.tensor(float("nan"))
+    after = run.steps.apply()
+    if run.ema is not None:
+        run.ema.update(run.net)
+    return grad_norm if grad_norm is not None else after  # DeepSpeed: known after the step
 
 
 def log_step(run: Run, grad_norm: torch.Tensor, started: tuple[float, int]) -> None:
