@@ -195,7 +195,10 @@ class Checkpointer:
         if not (path / MARKER).is_file():
             raise FileNotFoundError(f"{path} is not a complete checkpoint (no {MARKER} marker)")
         lease = path / f"{LEASE_PREFIX}{socket.gethostname()}-{os.getpid()}"
-        lease.touch()  # retention elsewhere (a still-saving rank 0, another job) leaves it alone
+        try:
+            lease.touch()  # retention elsewhere (a still-saving rank 0, another job) leaves it alone
+        except OSError:
+            pass  # a read-only checkpoint: nobody can delete it under us anyway
         try:
             dcp_state, own = _split(state)
             dcp.load(dcp_state, checkpoint_id=str(path))
