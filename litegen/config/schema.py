@@ -4,6 +4,7 @@ Each dataclass yields `(field, message)` pairs from `problems()`; `validate.py` 
 dotted path, adds cross-section checks and raises one ConfigError listing them all.
 """
 
+import signal
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
@@ -112,6 +113,10 @@ class TrainConfig:
     log_every_steps: int = 10
     peak_tflops: Optional[float] = None  # per device, for MFU; None: spec table (CUDA) / measured (CPU)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    sample_every_steps: int = 0  # also sample (EMA weights, to samples/ and wandb) every N steps; 0: end only
+    # Signals that make the run checkpoint at the next step boundary and exit with 75 (requeue);
+    # empty: none. See litegen/train/preemption.py.
+    preempt_signals: list[str] = field(default_factory=lambda: ["SIGUSR1", "SIGUSR2", "SIGTERM"])
 
     def problems(self) -> Problems:
         yield from _positive(self, "steps", "grad_accum_steps", "ckpt_every_steps", "log_every_steps")
@@ -122,6 +127,12 @@ class TrainConfig:
             yield "caption_dropout", f"must be in [0, 1), got {self.caption_dropout}"
         if self.keep_last_k < 0:
             yield "keep_last_k", f"must be >= 0, got {self.keep_last_k}"
+        if self.sample_every_steps < 0:
+            yield "sample_every_steps", f"must be >= 0 (0: sample at the end only), got {self.sample_every_steps}"
+        catchable = set(signal.Signals.__members__) - {"SIGKILL", "SIGSTOP"}
+        unknown = [s for s in self.preempt_signals if s not in catchable]
+        if unknown:
+            yield "preempt_signals", f"{unknown} are not catchable signal names (e.g. SIGUSR1, SIGTERM)"
 
 
 @dataclass

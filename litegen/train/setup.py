@@ -24,6 +24,7 @@ from litegen.train.ema import EMA
 from litegen.train.lr import build_scheduler
 from litegen.train.metrics import Meter, MetricsWriter
 from litegen.train.mfu import peak_tflops
+from litegen.train.preemption import Preemption
 from litegen.tools.convert import load_converted
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Run:
     metrics: Optional[MetricsWriter] = None
     peak_source: str = ""
     step: int = 0  # optimizer steps completed
+    preemption: Optional[Preemption] = None  # set by main: stop, checkpoint and requeue on a signal
 
     @property
     def dp_rank(self) -> int:

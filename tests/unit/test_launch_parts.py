@@ -1,0 +1,81 @@
+"""Pieces behind launch/ecosystem: metrics extras (memory, data skips), the start summary's
+tokens/step, loading a run's config.yaml back, wandb run ids."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from litegen.config import ConfigError, compose
+from litegen.config.load import load_run_config
+from litegen.parallel.distributed import DistInfo
+from litegen.train.metrics import Meter, new_run_id
+from litegen.train.summary import first_latent_shape
+from litegen.train.trainer import data_skipped
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class CountingLoader:
+    def skip_counts(self) -> dict[str, int]:
+        return {"corrupt": 2, "too_short": 3}
+
+
+def test_data_skips_are_summed_when_the_loader_counts_them():
+    assert data_skipped(CountingLoader()) == 5
+    assert data_skipped(object()) is None
+
+
+def test_meter_record_has_memory_and_data_skips():
+    meter = Meter(DistInfo(0, 1, 0, torch.device("cpu")), peak_tflops=1.0)
+    meter.add_micro(torch.tensor(0.5), samples=2, tokens=100, flops=1e9)
+    meter.end_step()
+    record = meter.summary(step=1, lr=1e-4, grad_norm=0.3, data_skipped=5)
+    assert record["data_skipped"] == 5 and record["loss"] == 0.5
+    assert 0.01 < record["mem_peak_gib"] < 64  # this process's peak resident memory
+    assert "data_skipped" not in meter.summary(step=2, lr=1e-4, grad_norm=0.3)
+
+
+def test_peak_memory_on_cpu_grows_with_a_large_allocation():
+    # A fresh process: this one's peak may already sit above anything allocated here.
+    script = ("import torch; from litegen.train.metrics import peak_memory_gib as p\n"
+              "cpu = torch.device('cpu'); before = p(cpu); block = torch.ones(2**29 // 4)\n"
+              "print(p(cpu) - before)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, check=True).stdout
+    # The 0.5 GiB block, less whatever the peak already held above the resident set before it.
+    assert 0.35 < float(out) < 0.6
+
+
+def test_first_latent_shape_reads_the_first_sample(tiny_shards):
+    assert first_latent_shape(tiny_shards) in ((12, 8, 16, 16), (12, 8, 16, 24))
+    assert first_latent_shape("/nonexistent/shard-*.tar") is None
+
+
+def test_run_config_round_trips_for_every_family(tmp_path):
+    for experiment in ("tiny", "cogvideox_tiny", "worlddreamer_tiny", "snapvideo_tiny", "vchitect_tiny"):
+        cfg = compose([f"experiment={experiment}", "optim.lr=0.0042"])
+        path = tmp_path / f"{experiment}.yaml"
+        path.write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        loaded = load_run_config(path)
+        assert loaded == cfg and type(loaded.model) is type(cfg.model)
+
+
+def test_run_config_with_an_unknown_family_fails_naming_it(tmp_path):
+    path = tmp_path / "config.yaml"
+    node = OmegaConf.structured(compose(["experiment=tiny"]))
+    node.model.family = "nope"
+    path.write_text(OmegaConf.to_yaml(node))
+    with pytest.raises(ConfigError, match="model.family"):
+        load_run_config(path)
+
+
+def test_new_wandb_run_ids_look_like_wandbs():
+    ids = {new_run_id() for _ in range(50)}
+    assert len(ids) == 50 and all(re.fullmatch(r"[a-z0-9]{8}", i) for i in ids)
