@@ -1,20 +1,14 @@
 """Step metrics: throughput/MFU accounting, metrics.jsonl (rank 0) and wandb."""
 
 import json
-import resource
-import secrets
-import string
+import uuid
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
-import torch.distributed as dist
-
-from litegen.parallel.distributed import DistInfo, all_reduce_sum, is_distributed
-
-_GIB = 2**30
+from litegen.parallel.distributed import DistInfo, all_reduce_sum
+from litegen.train.memstats import peak_memory_gib
 
 
 @dataclass
@@ -78,21 +72,6 @@ class Meter:
         return record
 
 
-def peak_memory_gib(device: torch.device) -> float:
-    """Peak memory of the busiest rank since the last call: CUDA memory allocated by tensors on a
-    GPU; on CPU the process's peak resident set (it never resets, so it is the peak so far)."""
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    if is_distributed():
-        t = torch.tensor([float(peak)], dtype=torch.float64, device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        peak = t.item()
-    return peak / _GIB
-
-
 class MetricsWriter:
     """metrics.jsonl plus wandb, on rank 0 only; a resumed run continues both."""
 
@@ -111,7 +90,7 @@ class MetricsWriter:
         import wandb
 
         id_file = run_dir / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.exists() else new_run_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
         # silent: our own start/end summaries say where the run is and how to upload it.
         self.wandb_run = wandb.init(project=project, name=name, id=run_id, resume="allow",
@@ -140,12 +119,6 @@ class MetricsWriter:
                 self.wandb_run.mark_preempting()  # the UI shows it as pre-empted, not crashed
             self.wandb_run.finish(exit_code=75 if preempted else 0)
             self.wandb_run = None
-
-
-def new_run_id() -> str:
-    """8 random lowercase letters and digits, like wandb's own ids (its helper is not public API)."""
-    alphabet = string.ascii_lowercase + string.digits
-    return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
 def _truncate_after(path: Path, step: int) -> None:

@@ -18,6 +18,7 @@ from litegen.train.main import run_training
 pytestmark = pytest.mark.slow
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+PROMPT = "a red circle moving right on a blue background"
 FAMILIES = ["tiny", "cogvideox_tiny", "vchitect_tiny", "snapvideo_tiny", "worlddreamer_tiny"]
 
 
@@ -39,7 +40,9 @@ def family_runs(tiny_shards, tmp_path_factory):
         run_dir = tmp_path_factory.mktemp(experiment) / "run"
         overrides = [o for o in tiny_overrides(tiny_shards, run_dir) if not o.startswith("hydra.")]
         overrides = [f"experiment={experiment}" if o == "experiment=tiny" else o for o in overrides]
+        # One prompt: the trainer tiles several prompts into one clip, the tool writes one each.
         train_in_process([*overrides, "train.steps=2", "train.ckpt_every_steps=2", "train.sample.steps=2",
+                          f"train.sample.prompts=[{PROMPT!r}]",
                           "data.batch_size=2", "train.ema_decay=0.5", "train.log_every_steps=1"], run_dir)
         runs[experiment] = run_dir
     return runs
@@ -49,8 +52,8 @@ def family_runs(tiny_shards, tmp_path_factory):
 def test_sample_tool_reproduces_the_trainers_ema_clip(family_runs, experiment, tmp_path):
     run_dir = family_runs[experiment]
     assert sample_tool.main([str(run_dir), "--ema", "--out", str(tmp_path)]) == 0
-    prompt = load_run_config(run_dir / "config.yaml").train.sample.prompts[0]
-    ours, _ = read_video(tmp_path / f"{sample_tool.file_stem(0, prompt)}.gif")
+    assert load_run_config(run_dir / "config.yaml").train.sample.prompts == [PROMPT]
+    ours, _ = read_video(tmp_path / f"{sample_tool.file_stem(0, PROMPT)}.gif")
     trainers, _ = read_video(run_dir / "samples" / "step-0000002.gif")
     assert ours.shape == trainers.shape and (ours == trainers).all()
 

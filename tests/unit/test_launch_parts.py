@@ -1,8 +1,7 @@
 """Pieces behind launch/ecosystem: metrics extras (memory, data skips), the start summary's
-tokens/step, loading a run's config.yaml back, wandb run ids."""
+tokens/step, loading a run's config.yaml back."""
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from omegaconf import OmegaConf
 from litegen.config import ConfigError, compose
 from litegen.config.load import load_run_config
 from litegen.parallel.distributed import DistInfo
-from litegen.train.metrics import Meter, new_run_id
+from litegen.train.metrics import Meter
 from litegen.train.summary import first_latent_shape
 from litegen.train.trainer import data_skipped
 
@@ -44,7 +43,7 @@ def test_meter_record_has_memory_and_data_skips():
 
 def test_peak_memory_on_cpu_grows_with_a_large_allocation():
     # A fresh process: this one's peak may already sit above anything allocated here.
-    script = ("import torch; from litegen.train.metrics import peak_memory_gib as p\n"
+    script = ("import torch; from litegen.train.memstats import peak_memory_gib as p\n"
               "cpu = torch.device('cpu'); before = p(cpu); block = torch.ones(2**29 // 4)\n"
               "print(p(cpu) - before)")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
@@ -74,8 +73,3 @@ def test_run_config_with_an_unknown_family_fails_naming_it(tmp_path):
     path.write_text(OmegaConf.to_yaml(node))
     with pytest.raises(ConfigError, match="model.family"):
         load_run_config(path)
-
-
-def test_new_wandb_run_ids_look_like_wandbs():
-    ids = {new_run_id() for _ in range(50)}
-    assert len(ids) == 50 and all(re.fullmatch(r"[a-z0-9]{8}", i) for i in ids)
