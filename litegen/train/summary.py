@@ -6,11 +6,12 @@ import tarfile
 from pathlib import Path
 from typing import Any, Optional
 
+from litegen.data.buckets import TokenGeometry
 from litegen.data.loader import expand_shards
+from litegen.data.schedule import build_schedule
 from litegen.models import count_params
 from litegen.train.preemption import REQUEUE_EXIT_CODE
 from litegen.train.setup import Run, describe
-from litegen.train.trainer import tokens_per_sample
 
 
 def first_latent_shape(shards: str) -> Optional[tuple[int, ...]]:
@@ -27,14 +28,27 @@ def first_latent_shape(shards: str) -> Optional[tuple[int, ...]]:
 
 
 def tokens_per_step(run: Run) -> str:
+    """Tokens of one optimizer step in the first stage: its token budget when packed, else its
+    buckets' (or, with no buckets, the first sample's) tokens per clip times the clips per step."""
     cfg = run.cfg
-    clips = cfg.data.batch_size * cfg.train.grad_accum_steps * run.dims.dp
-    shape = first_latent_shape(cfg.data.shards)
-    if shape is None:
-        return f"{clips} clips x (tokens per clip: unknown until the first batch)"
-    per_clip = tokens_per_sample(shape, cfg.model.patch_size)
-    return (f"{clips * per_clip:,} ({clips} clips x {per_clip:,} tokens at latent "
-            f"{'x'.join(map(str, shape))}, the first sample; other buckets differ)")
+    stage = build_schedule(cfg.data).stages[0]
+    micro_batches = cfg.train.grad_accum_steps * run.dims.dp
+    if stage.packed:
+        return (f"<= {stage.token_budget * micro_batches:,} (packs of <= {stage.token_budget:,} tokens "
+                f"x {micro_batches} micro-batches)")
+    clips = stage.batch_size * micro_batches
+    geometry = TokenGeometry.of(run.video_encoder, cfg.model.patch_size)
+    if stage.shapes:
+        per_clip = sorted({geometry.tokens(shape) for shape in stage.shapes})
+        where = "per bucket"
+    else:
+        shape = first_latent_shape(cfg.data.shards)
+        if shape is None:
+            return f"{clips} clips x (tokens per clip: unknown until the first batch)"
+        per_clip, where = [geometry.latent_tokens(shape[1:])], "at the first sample's latent"
+    low, high = clips * per_clip[0], clips * per_clip[-1]
+    total = f"{low:,}" if low == high else f"{low:,} to {high:,}"
+    return f"{total} ({clips} clips x {'/'.join(f'{n:,}' for n in per_clip)} tokens {where})"
 
 
 def memory_plan(run: Run) -> str:

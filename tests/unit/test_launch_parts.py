@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -14,7 +16,7 @@ from litegen.config import ConfigError, compose
 from litegen.config.load import load_run_config
 from litegen.parallel.distributed import DistInfo
 from litegen.train.metrics import Meter
-from litegen.train.summary import first_latent_shape
+from litegen.train.summary import first_latent_shape, tokens_per_step
 from litegen.train.trainer import data_skipped
 
 
@@ -55,6 +57,25 @@ def test_peak_memory_on_cpu_grows_with_a_large_allocation():
 def test_first_latent_shape_reads_the_first_sample(tiny_shards):
     assert first_latent_shape(tiny_shards) in ((12, 8, 16, 16), (12, 8, 16, 24))
     assert first_latent_shape("/nonexistent/shard-*.tar") is None
+
+
+def summary_run(shards: str, *overrides: str) -> SimpleNamespace:
+    """What tokens_per_step reads of a run: config, mesh sizes, the video encoder's factors."""
+    cfg = compose(["experiment=tiny", f"data.shards={shards}", "train.grad_accum_steps=2", *overrides])
+    encoder = SimpleNamespace(spatial_factor=2, temporal_factor=2, causal=False)  # 8x32x32 -> 4x16x16
+    return SimpleNamespace(cfg=cfg, dims=SimpleNamespace(dp=3), video_encoder=encoder)
+
+
+def test_tokens_per_step_for_buckets_packs_and_the_first_sample(tiny_shards):
+    # tiny: patch (1, 2, 2); 4x16x16 latent -> 256 tokens, 4x16x24 -> 384; 8 clips x 2 accum x 3 dp.
+    buckets = tokens_per_step(summary_run(tiny_shards, "+data.buckets.a=[8,32,32]", "+data.buckets.b=[8,32,48]"))
+    assert buckets.startswith("12,288 to 18,432 (48 clips x 256/384 tokens per bucket")
+    packed = tokens_per_step(summary_run(tiny_shards, "data.token_budget=1000"))
+    assert packed.startswith("<= 6,000 (packs of <= 1,000 tokens x 6 micro-batches")
+    # No buckets: the shard's first latent, [12, 8, 16, 16] or [12, 8, 16, 24]: 512 or 768 tokens.
+    first = tokens_per_step(summary_run(tiny_shards))
+    assert first.split(" (")[0] in ("24,576", "36,864") and "first sample" in first
+    assert "unknown" in tokens_per_step(summary_run("/nonexistent/shard-*.tar"))
 
 
 def test_run_config_round_trips_for_every_family(tmp_path):
