@@ -66,13 +66,16 @@ def test_torchrun_sh_checkpoints_on_sigusr1_exits_75_and_resumes(tiny_shards, tm
     assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, stopped + 1))
     assert (run_dir / "checkpoints" / f"step-{stopped:07d}" / "COMPLETE").is_file()
 
-    # The resumed run takes the multi-node path of torchrun.sh: a c10d rendezvous at an endpoint.
-    rendezvous_env = {**launch_env(2), "NNODES": "1", "RDZV_ENDPOINT": f"127.0.0.1:{free_port()}"}
-    again = subprocess.run([str(REPO / "launch/torchrun.sh"),
-                            *wandb_offline_mode(tiny_overrides(tiny_shards, run_dir, f"train.steps={stopped + 2}", *common))],
-                           cwd=tmp_path, env=rendezvous_env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert f"at step {stopped}" in again.stdout and "done." in again.stdout
+    # The resumed run takes the multi-node path of torchrun.sh: two "nodes" on this machine, one
+    # process each, meeting at a c10d rendezvous endpoint (the same world size as before).
+    resume_args = wandb_offline_mode(tiny_overrides(tiny_shards, run_dir, f"train.steps={stopped + 2}", *common))
+    two_nodes = {**launch_env(1), "NNODES": "2", "RDZV_ENDPOINT": f"127.0.0.1:{free_port()}"}
+    nodes = [subprocess.Popen([str(REPO / "launch/torchrun.sh"), *resume_args], cwd=tmp_path, env=two_nodes,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(err[-3000:] for _, err in outputs)
+    out = "".join(o for o, _ in outputs)  # rank 0 is on whichever node joined first
+    assert "world 2 = dp 2" in out and f"at step {stopped}" in out and "done." in out
     assert [r["step"] for r in read_metrics(run_dir)] == list(range(1, stopped + 3))
     # wandb: the pre-empted run ended with exit code 75, the requeued one continued its id.
     first, second = [wandb_offline.read_records(f) for f in wandb_offline.run_files(run_dir)]
@@ -104,6 +107,7 @@ def test_wandb_offline_run_holds_metrics_videos_and_continues_its_id(tiny_shards
     for h in rows[0] + rows[1]:
         for key in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu", "mem_peak_gib", "step_time_s"):
             assert isinstance(h[key], float), (key, h)
+        assert h["data_skipped"] == 0  # the loader counts skipped samples; these shards have none
     videos = [(h["step"], h["sample/path"], f.parent) for h, f in
               [(h, f) for r, f in zip(rows, files) for h in r] if "sample/path" in h]
     assert [v[0] for v in videos] == [2, 4, 6]  # every 2 steps, the end sample of each run
@@ -112,6 +116,11 @@ def test_wandb_offline_run_holds_metrics_videos_and_continues_its_id(tiny_shards
         assert frames.shape[0] == 8  # the clip's frames, from the EMA weights like samples/
         own, _ = read_video(run_dir / "samples" / f"step-{step:07d}.gif")
         assert (frames == own).all()
+    # The README's upload command, without the upload (no network here): wandb finds both files.
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    dry = subprocess.run([str(wandb_cli), "sync", "--dry-run", *map(str, sorted(run_dir.glob("wandb/offline-run-*")))],
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "WANDB_MODE": "offline"})
+    assert dry.returncode == 0 and "Would sync 2 run(s)" in dry.stdout + dry.stderr, dry.stdout + dry.stderr
 
 
 def test_local_hydra_sweep_writes_one_run_directory_per_job_and_resumes(tiny_shards, tmp_path):
