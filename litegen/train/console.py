@@ -2,7 +2,8 @@
 
 On a terminal, progress is a live tqdm bar (training steps, sampler evaluations, prep clips) and
 the log lines scroll above it. Anywhere else (CI logs, Slurm's log files, pipes) there is no bar:
-only the lines, so the logs stay readable.
+only the lines, so the logs stay readable; a bar made with `plain_steps=N` (prep, dataset
+generation: no log lines of their own) prints one plain line at every N-th of its total instead.
 """
 
 import sys
@@ -47,14 +48,17 @@ def say(*lines: str) -> None:
 class Progress:
     """A live bar when `stream` is a terminal and `enabled` (rank 0); otherwise only write() prints.
 
-    total=None counts without an end (e.g. sampler network evaluations).
+    total=None counts without an end (e.g. sampler network evaluations). plain_steps=N: off a
+    terminal, print `desc: n/total unit (p%)` each time another N-th of the total is done.
     """
 
     def __init__(self, total: Optional[int], desc: str, unit: str, initial: int = 0,
-                 enabled: bool = True, stream: Optional[TextIO] = None):
+                 enabled: bool = True, stream: Optional[TextIO] = None, plain_steps: int = 0):
         self.stream = stream or sys.stdout
         self.enabled = enabled
         self.bar = None
+        self.total, self.desc, self.unit, self.done = total, desc, unit, initial
+        self.plain_steps = plain_steps if enabled and total else 0
         if enabled and _is_terminal(self.stream):
             from tqdm import tqdm
 
@@ -64,6 +68,11 @@ class Progress:
     def update(self, n: int = 1) -> None:
         if self.bar is not None:
             self.bar.update(n)
+        elif self.plain_steps:
+            before, self.done = self.done, self.done + n
+            if self.done * self.plain_steps // self.total > before * self.plain_steps // self.total:
+                print(f"{self.desc}: {self.done}/{self.total} {self.unit} ({100 * self.done // self.total}%)",
+                      file=self.stream, flush=True)
 
     def set_postfix(self, text: str) -> None:
         if self.bar is not None:

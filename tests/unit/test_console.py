@@ -23,6 +23,19 @@ def test_progress_on_a_pipe_writes_only_the_lines():
     assert out.getvalue() == "step 3/10 | loss 1.0\n"
 
 
+def test_progress_with_plain_steps_prints_a_line_per_tenth_off_a_terminal():
+    out = io.StringIO()
+    with Progress(20, "prep", "clips", initial=4, stream=out, plain_steps=10) as p:
+        for n in (1, 1, 5, 9):  # 5, 6, 11, 20 done
+            p.update(n)
+    assert out.getvalue().splitlines() == ["prep: 6/20 clips (30%)", "prep: 11/20 clips (55%)",
+                                           "prep: 20/20 clips (100%)"]
+    terminal = Terminal()
+    with Progress(20, "prep", "clips", stream=terminal, plain_steps=10) as p:
+        p.update(20)
+    assert "prep: 20/20 clips (100%)\n" not in terminal.getvalue()  # the bar instead
+
+
 def test_progress_on_a_terminal_draws_a_bar_and_keeps_the_lines():
     out = Terminal()
     with Progress(10, "train", "step", initial=2, stream=out) as p:
