@@ -44,7 +44,8 @@ def test_meter_record_has_memory_and_data_skips():
 
 
 def test_peak_memory_on_cpu_grows_with_a_large_allocation():
-    # A fresh process: this one's peak may already sit above anything allocated here.
+    # A fresh process: this one's peak may already sit above anything allocated here. Its peak
+    # must not include this (pytest) process's: ru_maxrss would, VmHWM does not.
     script = ("import torch; from litegen.train.memstats import peak_memory_gib as p\n"
               "cpu = torch.device('cpu'); before = p(cpu); block = torch.ones(2**29 // 4)\n"
               "print(p(cpu) - before)")
