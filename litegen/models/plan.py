@@ -58,6 +58,10 @@ class ModelPlan:
     joint_attention: Paths = ()  # in a block: JointAttentionCore (text prefix + video)
     grouped_attention: Paths = ()  # in a block: GroupedAttentionCore (FIT read / write)
     token_stack: str = "forward_tokens"  # the sequence-parallel seam (see above)
+    # Positional arguments of a block that carry the per-token stream (the block returns their
+    # successors). The other arguments (time embedding, text, positions) are shared by every
+    # block: activation offload leaves those on the device instead of copying them once per block.
+    block_stream: tuple[int, ...] = (0,)
 
     def block_list(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.blocks)

@@ -33,6 +33,7 @@ PLAN = ModelPlan(
     grouped_attention=("read.core", "write.core"),
     embeddings=("patch_embedding", "latent_init", "text_embedding", "time_embedding", "time_projection"),
     head="head",
+    block_stream=(0, 1),  # patches and latents both change in every block
 )
 
 
