@@ -10,8 +10,9 @@ from litegen.config.model import ModelConfig, WanConfig
 from litegen.config.objectives import EDMConfig, MaskedTokensConfig, VPredictionConfig
 from litegen.config.schema import (DataConfig, EncodersConfig, LiteGenConfig, LoggingConfig,
                                    ObjectiveConfig, OptimConfig, ParallelConfig,
-                                   RectifiedFlowConfig, SampleConfig, SyntheticDataConfig,
-                                   TextEncoderConfig, TrainConfig, VideoEncoderConfig)
+                                   RectifiedFlowConfig, SampleConfig, SourceConfig, StageConfig,
+                                   SyntheticDataConfig, TextEncoderConfig, TrainConfig,
+                                   VideoEncoderConfig)
 from litegen.config.validate import to_typed
 
 # configs/ lives at the repository root (required layout); the package is installed editable.
@@ -60,6 +61,6 @@ __all__ = [
     "VchitectConfig", "WorldDreamerConfig",
     "CONFIG_DIR", "ConfigError", "DataConfig", "EncodersConfig", "LiteGenConfig", "LoggingConfig",
     "ModelConfig", "ObjectiveConfig", "OptimConfig", "ParallelConfig", "RectifiedFlowConfig",
-    "SampleConfig", "SyntheticDataConfig", "TextEncoderConfig", "TrainConfig",
+    "SampleConfig", "SourceConfig", "StageConfig", "SyntheticDataConfig", "TextEncoderConfig", "TrainConfig",
     "VideoEncoderConfig", "WanConfig", "compose", "register_configs", "to_typed",
 ]

@@ -16,8 +16,9 @@ class VPredictionConfig(ObjectiveConfig):
     beta_end: float = 0.012
     snr_shift_scale: float = 3.0  # divides the SNR everywhere; CogVideoX-2B 3.0, 5B 1.0
     zero_terminal_snr: bool = True  # rescale so the last timestep is pure noise
-    # explicit_uniform: data-parallel rank r of n draws its batch stratified within [r/n, (r+1)/n),
-    # so every step covers all noise levels (CogVideoX); uniform: i.i.d. per sample.
+    # explicit_uniform: micro-batch i of a step's N (over all data-parallel ranks and accumulation
+    # steps) draws stratified within [i/N, (i+1)/N), so every step covers all noise levels
+    # (CogVideoX); uniform: i.i.d. per sample.
     timestep_sampling: str = "explicit_uniform"
 
     def problems(self) -> Problems:

@@ -153,9 +153,46 @@ class SyntheticDataConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One dataset among several mixed into the stream (litegen/data/sources.py)."""
+
+    shards: str = MISSING  # path, glob, brace range, or `pipe:COMMAND` writing a tar to stdout
+    weight: float = 1.0  # share of samples (of shards when no index.json gives shard sizes)
+    name: str = ""  # for logs and skip reports; default: the spec
+
+    def problems(self) -> Problems:
+        yield from _positive(self, "weight")
+        if not self.shards:
+            yield "shards", "must name shards (path, glob, brace range or pipe:COMMAND)"
+
+
+@dataclass
+class StageConfig:
+    """One stage of a progressive schedule: from start_step on, batches follow these settings."""
+
+    name: str = MISSING
+    start_step: int = 0
+    buckets: list[str] = field(default_factory=list)  # names in data.buckets; [] = every bucket
+    token_budget: Optional[int] = None  # tokens per packed micro-batch; 0 = bucket batches; None = data's
+    batch_size: Optional[int] = None  # clips per bucket batch (token_budget 0); None = data.batch_size
+    lr_scale: float = 1.0  # multiplies the LR schedule while this stage runs
+
+    def problems(self) -> Problems:
+        yield from _positive(self, "lr_scale")
+        if self.start_step < 0:
+            yield "start_step", f"must be >= 0, got {self.start_step}"
+        if self.token_budget is not None and self.token_budget < 0:
+            yield "token_budget", f"must be >= 0, got {self.token_budget}"
+        if self.batch_size is not None and self.batch_size < 1:
+            yield "batch_size", f"must be >= 1, got {self.batch_size}"
+
+
+@dataclass
 class DataConfig:
     # WebDataset shard spec: a path, glob or brace range, relative to the working directory.
+    # Ignored when `sources` is set.
     shards: str = "data/shapes/shard-*.tar"
+    sources: list[SourceConfig] = field(default_factory=list)  # several weighted shard specs
     # If no shard matches `shards`, render the synthetic dataset into `generate_dir` first.
     generate_if_missing: bool = True
     generate_dir: str = "data/shapes"
@@ -164,13 +201,56 @@ class DataConfig:
     num_workers: int = 0
     shuffle_buffer: int = 64  # samples; 0 disables in-shard shuffling
     seed: int = 0
+    bad_sample: str = "skip"  # skip (count + warning naming shard and key) | raise
+    # Named clip shapes [frames, height, width] (pixels). Empty: every shape in the data is its
+    # own bucket. With buckets, samples of other shapes are left out (counted as filtered).
+    buckets: dict[str, list[int]] = field(default_factory=dict)
+    # > 0: pack several clips into one sequence of at most this many tokens per micro-batch
+    # (NaViT-style, variable-length attention); 0: batches of batch_size clips of one bucket.
+    token_budget: int = 0
+    pack_lookahead: float = 4.0  # packs' worth of tokens held to choose each pack from
+    # With several data-parallel ranks, packs are filled to this fraction of token_budget; the
+    # rest is room for moving clips between ranks to even out attention cost (1.0 with one rank).
+    pack_fill: float = 0.95
+    stages: list[StageConfig] = field(default_factory=list)  # progressive schedule; [] = one stage
 
     def problems(self) -> Problems:
-        yield from _positive(self, "batch_size")
+        yield from _positive(self, "batch_size", "pack_lookahead")
+        yield from _one_of(self, "bad_sample", ("skip", "raise"))
         if self.num_workers < 0:
             yield "num_workers", f"must be >= 0, got {self.num_workers}"
         if self.shuffle_buffer < 0:
             yield "shuffle_buffer", f"must be >= 0, got {self.shuffle_buffer}"
+        if self.token_budget < 0:
+            yield "token_budget", f"must be >= 0, got {self.token_budget}"
+        if not 0.0 < self.pack_fill <= 1.0:
+            yield "pack_fill", f"must be in (0, 1], got {self.pack_fill}"
+        for i, source in enumerate(self.sources):
+            for name, msg in source.problems():
+                yield f"sources[{i}].{name}", msg
+        yield from self._bucket_problems()
+        yield from self._stage_problems()
+
+    def _bucket_problems(self) -> Problems:
+        for name, shape in self.buckets.items():
+            if len(shape) != 3 or min(shape) < 1:
+                yield f"buckets.{name}", f"must be [frames, height, width] of positive ints, got {list(shape)}"
+
+    def _stage_problems(self) -> Problems:
+        for i, stage in enumerate(self.stages):
+            for name, msg in stage.problems():
+                yield f"stages[{i}].{name}", msg
+            unknown = [b for b in stage.buckets if b not in self.buckets]
+            if unknown:
+                yield f"stages[{i}].buckets", f"unknown bucket(s) {unknown}; data.buckets defines {sorted(self.buckets)}"
+        starts = [stage.start_step for stage in self.stages]
+        if starts and starts[0] != 0:
+            yield "stages[0].start_step", f"the first stage must start at step 0, got {starts[0]}"
+        if any(b <= a for a, b in zip(starts, starts[1:])):
+            yield "stages", f"start_step must increase from stage to stage, got {starts}"
+        names = [stage.name for stage in self.stages]
+        if len(set(names)) != len(names):
+            yield "stages", f"stage names must be unique, got {names}"
 
 
 @dataclass

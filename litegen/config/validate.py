@@ -1,6 +1,7 @@
 """Turn a composed DictConfig into typed dataclasses and check every field and cross-field rule."""
 
 import dataclasses
+import math
 from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
@@ -70,6 +71,37 @@ def cross_problems(cfg: LiteGenConfig) -> Iterator[tuple[str, str]]:
     for i, shape in enumerate(cfg.data.synthetic.shapes):
         if len(shape) == 3:
             yield from _shape_problems(f"data.synthetic.shapes[{i}]", *shape, cfg)
+    yield from _bucket_problems(cfg)
+
+
+def _bucket_problems(cfg: LiteGenConfig) -> Iterator[tuple[str, str]]:
+    """Buckets must map to whole patches, and a packing stage's budget must hold its largest bucket."""
+    data, video = cfg.data, cfg.encoders.video
+    budgets = [data.token_budget] + [data.token_budget if s.token_budget is None else s.token_budget
+                                     for s in data.stages]
+    if any(budgets) and cfg.parallel.sp_ring * cfg.parallel.sp_ulysses > 1:
+        yield "data.token_budget", ("packed batches (variable-length attention) do not run under sequence "
+                                    "parallelism yet: set token budgets to 0 or parallel.sp_ring=1 sp_ulysses=1")
+    if any(budgets) and (cfg.model.family != "wan" or cfg.objective.name != "rectified_flow"):
+        yield "data.token_budget", (f"packed batches need a model with a packed forward and an objective with "
+                                    f"per-clip losses (the Wan family with rectified_flow); got model family "
+                                    f"{cfg.model.family!r} with objective {cfg.objective.name!r}: set token budgets to 0")
+    for name, shape in data.buckets.items():
+        if len(shape) == 3:
+            yield from _shape_problems(f"data.buckets.{name}", *shape, cfg)
+    if video.kind != "pixel":
+        return  # a real VAE's latent sizes are known once it is built
+    units = (video.temporal_factor * cfg.model.patch_size[0], video.spatial_factor * cfg.model.patch_size[1],
+             video.spatial_factor * cfg.model.patch_size[2])
+    stages = [(f"data.stages[{i}]", st.buckets, data.token_budget if st.token_budget is None else st.token_budget)
+              for i, st in enumerate(data.stages)] or [("data", [], data.token_budget)]
+    for path, names, budget in stages:
+        shapes = [data.buckets[n] for n in (names or data.buckets) if n in data.buckets]
+        sizes = {tuple(sh): math.prod(n // u for n, u in zip(sh, units)) for sh in shapes if len(sh) == 3}
+        if budget and sizes and max(sizes.values()) > budget:
+            big = max(sizes, key=sizes.get)
+            yield f"{path}.token_budget", (f"{budget} tokens cannot hold bucket {list(big)} ({sizes[big]} tokens "
+                                           "for this encoder and patch size); raise it or drop the bucket")
 
 
 def to_typed(cfg: DictConfig) -> LiteGenConfig:

@@ -4,9 +4,10 @@ GIFs are lossless for clips of at most 256 distinct colours (the synthetic shape
 yuv420p, which halves chroma resolution, so sharp colour edges come back blurred.
 """
 
+import io
 from fractions import Fraction
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Union
 
 import av
 import numpy as np
@@ -33,9 +34,18 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float) -> Path:
     return path
 
 
-def read_video(path: PathLike) -> tuple[np.ndarray, float]:
-    """Decode every frame of a video file as uint8 [T, H, W, 3] and its frame rate."""
-    with av.open(str(path)) as container:
+def encode_mp4_bytes(frames: np.ndarray, fps: float) -> bytes:
+    """uint8 [T, H, W, 3] as H.264 MP4 bytes (what shards store as a sample's `mp4`)."""
+    frames = _check_frames(frames)
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        _encode_mp4(container, frames, fps)
+    return buffer.getvalue()
+
+
+def read_video(path: Union[PathLike, BinaryIO]) -> tuple[np.ndarray, float]:
+    """Decode every frame of a video file (or file object) as uint8 [T, H, W, 3] and its frame rate."""
+    with av.open(path if hasattr(path, "read") else str(path)) as container:
         stream = container.streams.video[0]
         rate = stream.guessed_rate or stream.average_rate or stream.base_rate
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]

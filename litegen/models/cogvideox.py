@@ -179,10 +179,19 @@ class CogVideoX(nn.Module):
         freqs = sinusoidal_embedding(t.float() * self.cfg.timestep_scale, self.cfg.dim)
         temb = self.time_embedding(freqs.to(x.dtype))
         mask = None if self.cfg.attend_text_padding else context_mask
-        for block in self.transformer_blocks:
-            tokens, text = block(tokens, text, temb, mask, rope)
-        out = self.proj_out(self.norm_out(self.norm_final(tokens), temb))
+        out = self.forward_tokens(tokens, rope, text, temb, mask)
         return unpatchify(out, grid, self.patch_size).to(x.dtype)
+
+    def forward_tokens(self, tokens: Tensor, rope: Optional[Tensor], text: Tensor, temb: Tensor,
+                       text_mask: Optional[Tensor]) -> Tensor:
+        """Blocks and head: video tokens [B, S, dim] (rope [S, ...] or None) -> [B, S, out * patch].
+
+        The token-stack seam (ModelPlan.token_stack). The text stream [B, L, dim] is carried
+        through the blocks whole: it meets the video only inside the joint attention cores.
+        """
+        for block in self.transformer_blocks:
+            tokens, text = block(tokens, text, temb, text_mask, rope)
+        return self.proj_out(self.norm_out(self.norm_final(tokens), temb))
 
     def init_weights(self, seed: int, write: Optional[Writer] = None) -> None:
         """Deterministic per-parameter init from (seed, name); see litegen/models/init.py."""

@@ -9,7 +9,7 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from litegen.models.attention import AttentionCore
+from litegen.models.attention import AttentionCore, Varlen
 from litegen.models.rope import apply_rope
 
 
@@ -35,7 +35,10 @@ class RMSNorm32(nn.RMSNorm):
 
 
 def modulate(norm: nn.Module, x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """adaLN: norm(x) * (1 + scale) + shift in float32, back in x's dtype. shift/scale [B, 1, dim]."""
+    """adaLN: norm(x) * (1 + scale) + shift in float32, back in x's dtype.
+
+    shift/scale [B, 1, dim] (one timestep per sequence) or [B, S, dim] (per token, packed clips).
+    """
     return (norm(x.float()) * (1 + scale) + shift).to(x.dtype)
 
 
@@ -47,6 +50,15 @@ def gated_residual(x: Tensor, branch: Tensor, gate: Tensor) -> Tensor:
 def feed_forward(dim: int, ffn_dim: int) -> nn.Sequential:
     """Linear, GELU(tanh), Linear; Sequential so keys read ffn.0 / ffn.2 as in Wan."""
     return nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(ffn_dim, dim))
+
+
+def _core(core: nn.Module, q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor],
+          varlen: Optional[Varlen]) -> Tensor:
+    # Unpacked calls keep the original core signature, so cores written without `varlen`
+    # (parallel wrappers) still work there; packed clips need a core that takes it.
+    if varlen is None:
+        return core(q, k, v, attn_mask=attn_mask) if attn_mask is not None else core(q, k, v)
+    return core(q, k, v, attn_mask=attn_mask, varlen=varlen)
 
 
 class _Attention(nn.Module):
@@ -68,19 +80,25 @@ class _Attention(nn.Module):
 class SelfAttention(_Attention):
     """Full 3D self-attention over video tokens with rotary positions on q and k."""
 
-    def forward(self, x: Tensor, rope: Tensor) -> Tensor:
+    def forward(self, x: Tensor, rope: Tensor, varlen: Optional[Varlen] = None) -> Tensor:
         q = apply_rope(self.split_heads(self.norm_q(self.q(x))), rope)
         k = apply_rope(self.split_heads(self.norm_k(self.k(x))), rope)
-        out = self.core(q, k, self.split_heads(self.v(x)))
+        out = _core(self.core, q, k, self.split_heads(self.v(x)), None, varlen)
         return self.o(out.flatten(2))
 
 
 class CrossAttention(_Attention):
-    """Video tokens attend to text tokens; padded text keys are masked out."""
+    """Video tokens attend to text tokens; padded text keys are masked out.
 
-    def forward(self, x: Tensor, context: Tensor, context_mask: Tensor) -> Tensor:
+    Packed clips pass their captions' real tokens concatenated (context [1, Lt, dim], no mask)
+    and `varlen` pairing each clip with its caption.
+    """
+
+    def forward(self, x: Tensor, context: Tensor, context_mask: Optional[Tensor],
+                varlen: Optional[Varlen] = None) -> Tensor:
         q = self.split_heads(self.norm_q(self.q(x)))
         k = self.split_heads(self.norm_k(self.k(context)))
         v = self.split_heads(self.v(context))
-        out = self.core(q, k, v, attn_mask=context_mask[:, None, None, :])  # [B, 1, 1, L]
+        mask = None if varlen is not None else context_mask[:, None, None, :]  # [B, 1, 1, L]
+        out = _core(self.core, q, k, v, mask, varlen)
         return self.o(out.flatten(2))

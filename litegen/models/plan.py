@@ -5,8 +5,8 @@ applies sequence parallelism, FSDP, checkpointing and offload by these names.
 """
 
 import fnmatch
-from dataclasses import dataclass
-from typing import Iterator, Union
+from dataclasses import dataclass, field
+from typing import Iterator, Optional, Union
 
 from torch import nn
 
@@ -15,17 +15,21 @@ Paths = Union[str, tuple[str, ...]]
 
 # How each kind of attention core sees the token sequence, i.e. what sequence parallelism must do:
 ATTENTION_KINDS = {
-    # q, k, v from the block's own sequence [B, S, H, D] (S sharded under SP). Structured cores
-    # (per frame, per position over time, windows) also take `grid`, the *full* sequence's
-    # (frames, rows, cols), so Ulysses, which hands a core the full sequence for a subset of
-    # heads, can wrap them unchanged.
+    # Plain softmax attention over the whole attended sequence: q, k, v [B, S, H, D], S sharded
+    # under SP. Any SP layout works (Ulysses, ring, 2D).
     "self": "self_attention",
+    # Structured cores (per frame, per position over time, windows) over the attended sequence:
+    # they also take `grid`, the *full* sequence's (frames, rows, cols), and reshape by it. Ulysses
+    # hands a core the full sequence for a subset of heads, so it wraps them unchanged; a ring rank
+    # only ever holds a contiguous chunk, which these cores cannot reshape: Ulysses only.
+    "grid": "grid_attention",
     # q from the sequence, k/v from the (replicated) text: no sequence communication needed.
     "cross": "cross_attention",
     # JointAttentionCore: a replicated text prefix plus the sharded video sequence in one softmax.
     "joint": "joint_attention",
     # GroupedAttentionCore: q and k/v come from two sequences cut into the same number of groups
-    # (FIT read/write); attention stays inside a group, so shards on group boundaries need none.
+    # (FIT read/write); attention stays inside a group, so shards on group boundaries
+    # (TokenStack.groups) need no communication at all.
     "grouped": "grouped_attention",
 }
 
@@ -35,29 +39,57 @@ def _as_tuple(paths: Paths) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class TokenStack:
+    """The sequence-parallel seam: the model method that runs everything between embedding and
+    unpatchify, and which of its arguments are token sequences.
+
+    The model calls `method` from forward; litegen/parallel replaces it per instance with a
+    wrapper that cuts every argument named in `sequences` into contiguous chunks along its
+    sequence dim (padding the end to equal chunks) and passes this rank's chunk, calls the method,
+    and all-gathers the returned [B, S, out] (laid out like the sequence `output`). The model
+    itself stays unaware of it. The contract the method must keep:
+
+    - Outside attention cores, every op on a sequence acts on each token independently (norms,
+      MLPs, modulation, the head), so a chunk in gives that chunk out. A sequence argument may be
+      None (no RoPE); it is passed through.
+    - Every other argument (timestep embedding, text, `grid`) is whole and identical on every
+      rank. The method may carry and transform such a per-sample stream (CogVideoX's text) as long
+      as it meets the sequence only inside attention cores whose parallel versions return it whole.
+    - Attention goes through the cores the plan names; self, grid and joint cores attend over the
+      sequence `attends` (its padding keys are masked, or trimmed away for grid cores).
+    - With `groups` (the name of an int argument), every sequence is G equal groups that must not
+      be split (FIT: a group's latents read and write only that group's patches): sequences are
+      cut and padded on group boundaries, and the method gets this rank's group count.
+    """
+
+    method: str = "forward_tokens"
+    sequences: tuple[tuple[str, int], ...] = (("tokens", 1), ("rope", 0))  # (argument, sequence dim)
+    output: str = "tokens"
+    attends: str = "tokens"
+    groups: Optional[str] = None
+
+    def sequence_dims(self) -> dict[str, int]:
+        return dict(self.sequences)
+
+
+@dataclass(frozen=True)
 class ModelPlan:
     """Attribute paths into one model family, relative to the model (or to a block where noted).
 
-    Tokens enter the blocks as [B, S, dim] with S on dim 1; the rope tensor passed to every block
-    has S on dim 0 ([S, head_dim//2, 2]); sequence parallelism shards both along S.
-
-    The token-stack seam: a family that wants sequence parallelism gives its model a method
-    (named by `token_stack`) `f(tokens [B, S, dim], rope [S, ...], *per_sample) -> [B, S, out]`
-    that runs everything token-wise between embedding and unpatchify (blocks and final head),
-    and calls it from forward. Apart from the self-attention cores (swapped for Ulysses/ring),
-    every op in it must act on each token independently, so running it on a contiguous chunk
-    of tokens yields that chunk of the output. litegen/parallel replaces the method per
-    instance; the model itself stays unaware of it.
+    Tokens enter the blocks as [B, S, dim] with S on dim 1; per-token tables such as RoPE angles
+    have S on dim 0 ([S, head_dim//2, 2]); sequence parallelism shards both along S through the
+    token-stack seam (`TokenStack`).
     """
 
     blocks: str  # nn.ModuleList of transformer blocks: one FSDP/checkpoint unit each
-    self_attention: Paths  # in a block: cores over the video tokens (Ulysses/ring swap)
-    cross_attention: Paths  # in a block: cores with text keys (heads-only sharding)
+    self_attention: Paths  # in a block: plain cores over the attended sequence (Ulysses/ring swap)
+    cross_attention: Paths  # in a block: cores with text keys (untouched by SP)
     embeddings: tuple[str, ...]  # modules run before the blocks (grouped with the root by FSDP)
     head: str  # final projection; runs last, so FSDP may keep it unsharded after forward
     joint_attention: Paths = ()  # in a block: JointAttentionCore (text prefix + video)
     grouped_attention: Paths = ()  # in a block: GroupedAttentionCore (FIT read / write)
-    token_stack: str = "forward_tokens"  # the sequence-parallel seam (see above)
+    grid_attention: Paths = ()  # in a block: structured cores taking the full sequence's grid
+    token_stack: TokenStack = field(default_factory=TokenStack)  # the sequence-parallel seam
     # Positional arguments of a block that carry the per-token stream (the block returns their
     # successors). The other arguments (time embedding, text, positions) are shared by every
     # block: activation offload leaves those on the device instead of copying them once per block.
@@ -70,8 +102,8 @@ class ModelPlan:
         """(qualified name, core module, kind) of every attention core, in block order."""
         for i, block in enumerate(self.block_list(model)):
             names = [name for name, _ in block.named_modules()]
-            for kind, field in ATTENTION_KINDS.items():
-                for pattern in _as_tuple(getattr(self, field)):
+            for kind, field_name in ATTENTION_KINDS.items():
+                for pattern in _as_tuple(getattr(self, field_name)):
                     for path in fnmatch.filter(names, pattern):
                         yield f"{self.blocks}.{i}.{path}", block.get_submodule(path), kind
 
@@ -79,3 +111,7 @@ class ModelPlan:
         """(qualified name, module) of every attention core, in block order."""
         for name, core, _ in self.attention_seams(model):
             yield name, core
+
+    def kinds(self) -> set[str]:
+        """The attention kinds this plan names (without a model: from the paths given)."""
+        return {kind for kind, field_name in ATTENTION_KINDS.items() if _as_tuple(getattr(self, field_name))}

@@ -22,7 +22,7 @@ from litegen.models.cores import GroupedAttentionCore
 from litegen.models.embeddings import sincos_3d, sinusoidal_embedding, text_mlp, time_mlp, token_grid, unpatchify
 from litegen.models.init import Writer, init_parameters, norm_value, normal, xavier_uniform
 from litegen.models.layers import LayerNorm32, feed_forward, modulate
-from litegen.models.plan import ModelPlan
+from litegen.models.plan import ModelPlan, TokenStack
 from litegen.models.rope import RotaryEmbedding3D
 from litegen.models.wan import WanAttentionBlock
 
@@ -34,6 +34,10 @@ PLAN = ModelPlan(
     embeddings=("patch_embedding", "latent_init", "text_embedding", "time_embedding", "time_projection"),
     head="head",
     block_stream=(0, 1),  # patches and latents both change in every block
+    # Patches and latents are sharded together on group boundaries, so read/write stay local and
+    # only the latent layers' self-attention communicates.
+    token_stack=TokenStack(sequences=(("patches", 1), ("latents", 1), ("rope", 0)), output="patches",
+                           attends="latents", groups="groups"),
 )
 
 
@@ -77,7 +81,7 @@ class FITBlock(nn.Module):
                 text_mask: Tensor, rope: Tensor) -> tuple[Tensor, Tensor]:
         latents = self.read(latents, patches, groups)
         for layer in self.latent_layers:
-            latents = layer(latents, e6, text, text_mask, rope)
+            latents = layer(latents, e6.unsqueeze(1), text, text_mask, rope)  # [B, 1, 6, dim]: one t per clip
         patches = self.write(patches, latents, groups)
         return patches + self.patch_ffn(self.patch_norm(patches)), latents
 
@@ -139,9 +143,20 @@ class SnapVideo(nn.Module):
         e6 = self.time_projection(e).unflatten(1, (6, -1))
         text = self.text_embedding(context)
         rope = self.latent_rope(groups, x.device)
+        out = self.forward_tokens(patches, latents, rope, groups, e, e6, text, context_mask)
+        return unpatchify(out, grid, self.patch_size).to(x.dtype)
+
+    def forward_tokens(self, patches: Tensor, latents: Tensor, rope: Tensor, groups: int, e: Tensor,
+                       e6: Tensor, text: Tensor, text_mask: Tensor) -> Tensor:
+        """FIT blocks and head: patches [B, G*N, patch_dim], latents [B, G*M, dim] with their rope
+        [G*M, ...] in `groups` groups -> [B, G*N, out * patch volume].
+
+        The token-stack seam (ModelPlan.token_stack): sequence parallelism gives each rank whole
+        groups of patches and latents.
+        """
         for block in self.blocks:
-            patches, latents = block(patches, latents, groups, e6, text, context_mask, rope)
-        return unpatchify(self.head(patches, e), grid, self.patch_size).to(x.dtype)
+            patches, latents = block(patches, latents, groups, e6, text, text_mask, rope)
+        return self.head(patches, e)
 
     def init_weights(self, seed: int, write: Optional[Writer] = None) -> None:
         """Deterministic per-parameter init from (seed, name); see litegen/models/init.py."""

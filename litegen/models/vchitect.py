@@ -28,7 +28,8 @@ from litegen.models.rope import RotaryEmbedding3D, apply_rope, grid_positions
 
 PLAN = ModelPlan(
     blocks="blocks",
-    self_attention=("attn.spatial_core", "attn.temporal_core"),
+    self_attention=(),
+    grid_attention=("attn.spatial_core", "attn.temporal_core"),
     cross_attention="attn.cross_core",
     embeddings=("patch_embedding", "context_embedding", "pooled_embedding", "time_embedding"),
     head="head",
@@ -127,9 +128,18 @@ class Vchitect(nn.Module):
         freqs = sinusoidal_embedding(t.float() * self.cfg.timestep_scale, self.cfg.freq_dim)
         cond = self.time_embedding(freqs.to(x.dtype)) + self.pooled_embedding(masked_mean(context, context_mask))
         text = self.context_embedding(context)
+        out = self.forward_tokens(tokens, rope_t, cond, text, context_mask, grid)
+        return unpatchify(out, grid, self.patch_size).to(x.dtype)
+
+    def forward_tokens(self, tokens: Tensor, rope: Tensor, cond: Tensor, text: Tensor,
+                       text_mask: Tensor, grid: tuple[int, int, int]) -> Tensor:
+        """Blocks and head on tokens [B, S, dim] with temporal rope [S, ...] -> [B, S, out * patch].
+
+        The token-stack seam (ModelPlan.token_stack); `grid` is always the full sequence's.
+        """
         for block in self.blocks:
-            tokens = block(tokens, cond, text, context_mask, grid, rope_t)
-        return unpatchify(self.head(tokens, cond), grid, self.patch_size).to(x.dtype)
+            tokens = block(tokens, cond, text, text_mask, grid, rope)
+        return self.head(tokens, cond)
 
     def init_weights(self, seed: int, write: Optional[Writer] = None) -> None:
         """Deterministic per-parameter init from (seed, name); see litegen/models/init.py."""

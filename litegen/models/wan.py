@@ -8,6 +8,7 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from litegen.config.model import WanConfig
@@ -15,8 +16,10 @@ from litegen.models.embeddings import (absolute_position_embedding, sinusoidal_e
                                        text_mlp, time_mlp, token_grid, unpatchify)
 from litegen.models.init import (Writer, init_parameters, normal, norm_value, xavier_uniform,
                                  canonical_name)  # noqa: F401  canonical_name: re-exported
+from litegen.models.attention import Varlen
 from litegen.models.layers import (CrossAttention, LayerNorm32, SelfAttention, feed_forward,
                                    gated_residual, modulate)
+from litegen.models.packed import PackedLayout
 from litegen.models.plan import ModelPlan
 from litegen.models.rope import RotaryEmbedding3D, grid_positions
 
@@ -44,13 +47,17 @@ class WanAttentionBlock(nn.Module):
         # Per-block offset to the shared time projection: shift, scale, gate for attn then ffn.
         self.modulation = nn.Parameter(torch.empty(1, 6, dim))
 
-    def forward(self, x: Tensor, e: Tensor, context: Tensor, context_mask: Tensor,
-                rope: Tensor) -> Tensor:
-        """x [B, S, dim]; e [B, 6, dim] projected time; context [B, L, dim]; mask [B, L] bool."""
+    def forward(self, x: Tensor, e: Tensor, context: Tensor, context_mask: Optional[Tensor],
+                rope: Tensor, varlen: Optional[tuple[Varlen, Varlen]] = None) -> Tensor:
+        """x [B, S, dim]; e [B, 1, 6, dim] projected time (or [1, S, 6, dim] per token when packed);
+        context [B, L, dim]; mask [B, L] bool. varlen: (self, cross) clip boundaries of packed clips.
+        """
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (
-            self.modulation.float() + e.float()).chunk(6, dim=1)
-        x = gated_residual(x, self.self_attn(modulate(self.norm1, x, shift_sa, scale_sa), rope), gate_sa)
-        x = x + self.cross_attn(self.norm3(x), context, context_mask)
+            self.modulation.float() + e.float()).unbind(-2)
+        self_varlen, cross_varlen = varlen if varlen is not None else (None, None)
+        attn = self.self_attn(modulate(self.norm1, x, shift_sa, scale_sa), rope, self_varlen)
+        x = gated_residual(x, attn, gate_sa)
+        x = x + self.cross_attn(self.norm3(x), context, context_mask, cross_varlen)
         return gated_residual(x, self.ffn(modulate(self.norm2, x, shift_ff, scale_ff)), gate_ff)
 
 
@@ -64,8 +71,8 @@ class WanHead(nn.Module):
         self.modulation = nn.Parameter(torch.empty(1, 2, dim))
 
     def forward(self, x: Tensor, e: Tensor) -> Tensor:
-        """x [B, S, dim]; e [B, dim] time embedding (before the 6-way projection)."""
-        shift, scale = (self.modulation.float() + e.float().unsqueeze(1)).chunk(2, dim=1)
+        """x [B, S, dim]; e [B, 1, dim] time embedding before the 6-way projection ([1, S, dim] packed)."""
+        shift, scale = (self.modulation.float() + e.float().unsqueeze(-2)).unbind(-2)
         return self.head(modulate(self.norm, x, shift, scale))
 
 
@@ -95,14 +102,18 @@ class WanDiT(nn.Module):
         e = self.time_embedding(freqs.to(dtype))
         return e, self.time_projection(e).unflatten(1, (6, -1))
 
-    def forward(self, x: Tensor, t: Tensor, context: Tensor, context_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, context: Tensor, context_mask: Tensor,
+                layout: Optional[PackedLayout] = None) -> Tensor:
         """Prediction [B, out_channels, T, H, W] in x's dtype.
 
         x's dtype is the compute dtype (pass it in the parameters' dtype, or run under autocast);
         Pass t in float32 (keep mixed-precision input casting off it): bf16 rounds t*1000 to
         steps of up to 4.
         context_mask [B, L] bool, True = real text token (at least one per row).
+        With `layout`, x is packed clips instead (see forward_packed).
         """
+        if layout is not None:
+            return self.forward_packed(x, t, context, context_mask, layout)
         tokens, grid = self.embed(x)
         positions = grid_positions(grid, device=x.device)
         rope = self.rope(positions)
@@ -121,8 +132,30 @@ class WanDiT(nn.Module):
         the tokens; everything here but self-attention is token-wise.
         """
         for block in self.blocks:
-            tokens = block(tokens, e6, ctx, context_mask, rope)
-        return self.head(tokens, e)
+            tokens = block(tokens, e6.unsqueeze(1), ctx, context_mask, rope)
+        return self.head(tokens, e.unsqueeze(1))
+
+    def forward_packed(self, x: Tensor, t: Tensor, context: Tensor, context_mask: Tensor,
+                       layout: PackedLayout) -> Tensor:
+        """Packed clips: x [1, S, C * prod(patch)] patch tokens (models/packed.py), t [n] per clip,
+        context [n, L, text_dim] and mask [n, L] per clip. Returns [1, S, out_channels * prod(patch)].
+
+        Clip i sees only its own tokens and caption, its own timestep and its own 3D positions, so
+        its prediction equals forward() on that clip alone.
+        """
+        # The patch Conv3d (kernel = stride = patch) is a Linear on patchified tokens.
+        weight = self.patch_embedding.weight.permute(0, 2, 3, 4, 1).flatten(1)
+        tokens = F.linear(x, weight.to(x.dtype), self.patch_embedding.bias)
+        rope = self.rope(layout.positions)
+        if self.cfg.absolute_pos_embed:
+            tokens = tokens + absolute_position_embedding(layout.positions, self.cfg.dim).to(tokens.dtype)
+        e, e6 = self.embed_time(t, x.dtype)
+        segment = layout.segment_ids
+        ctx = self.text_embedding(context)[context_mask][None]  # real text tokens only, clip after clip
+        varlen = (layout.varlen, layout.cross_varlen(context_mask))
+        for block in self.blocks:
+            tokens = block(tokens, e6[segment][None], ctx, None, rope, varlen)
+        return self.head(tokens, e[segment][None]).to(x.dtype)
 
     def init_weights(self, seed: int, write: Optional[Writer] = None) -> None:
         """Fill every parameter from (seed, parameter name): same values on any device or layout.

@@ -18,14 +18,16 @@ from litegen.models.cores import WindowAttentionCore
 from litegen.models.embeddings import sincos_3d, text_mlp
 from litegen.models.init import Writer, init_parameters, norm_value, normal, xavier_uniform
 from litegen.models.layers import CrossAttention, LayerNorm32, _Attention, feed_forward
-from litegen.models.plan import ModelPlan
+from litegen.models.plan import ModelPlan, TokenStack
 
 PLAN = ModelPlan(
     blocks="blocks",
-    self_attention="self_attn.core",
+    self_attention=(),
+    grid_attention="self_attn.core",
     cross_attention="cross_attn.core",
     embeddings=("token_embedding", "text_embedding", "action_embedding"),
     head="head",
+    token_stack=TokenStack(sequences=(("tokens", 1),)),  # no RoPE: positions are added at embedding
 )
 
 
@@ -95,10 +97,18 @@ class WorldDreamer(nn.Module):
         grid = tuple(tokens.shape[1:])
         x = self.embed(tokens, actions)
         text = self.text_embedding(context)
-        for block in self.blocks:
-            x = block(x, grid, text, context_mask)
-        logits = self.head(self.norm_out(x)).float()
+        logits = self.forward_tokens(x, grid, text, context_mask)
         return logits.reshape(*tokens.shape, self.cfg.vocab_size)
+
+    def forward_tokens(self, tokens: Tensor, grid: tuple[int, int, int], text: Tensor,
+                       text_mask: Tensor) -> Tensor:
+        """Blocks and head on embedded tokens [B, S, dim] -> float32 logits [B, S, vocab_size].
+
+        The token-stack seam (ModelPlan.token_stack); `grid` is always the full sequence's.
+        """
+        for block in self.blocks:
+            tokens = block(tokens, grid, text, text_mask)
+        return self.head(self.norm_out(tokens)).float()
 
     def init_weights(self, seed: int, write: Optional[Writer] = None) -> None:
         """Deterministic per-parameter init from (seed, name); see litegen/models/init.py."""

@@ -10,9 +10,8 @@ OBJECTIVES = {"rectified_flow": RectifiedFlow, "v_prediction": VPrediction, "edm
               "masked_tokens": MaskedTokens}
 
 
-def build_objective(cfg, dp_rank: int = 0, dp_size: int = 1) -> Objective:
-    """dp_rank/dp_size: this rank's place among data-parallel ranks (explicit uniform timesteps)."""
-    return OBJECTIVES[cfg.name](cfg, dp_rank=dp_rank, dp_size=dp_size)
+def build_objective(cfg) -> Objective:
+    return OBJECTIVES[cfg.name](cfg)
 
 
 __all__ = ["Cond", "EDM", "LossOutput", "MaskedTokens", "Objective", "RectifiedFlow", "VPrediction",

@@ -36,8 +36,11 @@ class LossOutput:
 
 
 class Objective(Protocol):
-    def loss(self, model: nn.Module, latents: torch.Tensor, cond: Cond,
-             generator: torch.Generator) -> LossOutput: ...
+    def loss(self, model: nn.Module, latents: torch.Tensor, cond: Cond, generator: torch.Generator,
+             stratum: tuple[int, int] = (0, 1)) -> LossOutput:
+        """stratum (index, count): this micro-batch's place among all micro-batches of the
+        optimizer step over every data-parallel rank (dp_rank * accum + micro, dp * accum); only
+        objectives that stratify their draws across the step use it (v_prediction)."""
 
     def sample(self, model: nn.Module, noise: torch.Tensor, cond: Cond, null_cond: Cond,
                steps: int, guidance_scale: float,

@@ -27,8 +27,8 @@ def _bcast(values: Tensor, like: Tensor) -> Tensor:
 
 
 class EDM:
-    def __init__(self, cfg: EDMConfig, dp_rank: int = 0, dp_size: int = 1):
-        self.cfg = cfg  # sigmas are i.i.d. per sample: the data-parallel layout does not matter
+    def __init__(self, cfg: EDMConfig):
+        self.cfg = cfg
 
     @property
     def sigma_data(self) -> float:
@@ -51,7 +51,9 @@ class EDM:
     def sample_sigmas(self, n: int, generator: torch.Generator, device) -> Tensor:
         return (torch.randn(n, generator=generator, device=device) * self.cfg.p_std + self.cfg.p_mean).exp()
 
-    def loss(self, model: nn.Module, latents: Tensor, cond: Cond, generator: torch.Generator) -> LossOutput:
+    def loss(self, model: nn.Module, latents: Tensor, cond: Cond, generator: torch.Generator,
+             stratum: tuple[int, int] = (0, 1)) -> LossOutput:
+        """Sigmas are i.i.d. per sample from `generator` (the stratum does not matter)."""
         x0 = latents / self.cfg.input_scale
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         sigma = self.sample_sigmas(x0.shape[0], generator, x0.device)

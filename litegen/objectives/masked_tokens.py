@@ -39,8 +39,8 @@ def gumbel(shape, generator: Optional[torch.Generator], device) -> Tensor:
 
 
 class MaskedTokens:
-    def __init__(self, cfg: MaskedTokensConfig, dp_rank: int = 0, dp_size: int = 1):
-        self.cfg = cfg  # mask ratios are i.i.d. per sample: the data-parallel layout does not matter
+    def __init__(self, cfg: MaskedTokensConfig):
+        self.cfg = cfg
         self.tokenizer = build_tokenizer(cfg.tokenizer, cfg.latent_channels, cfg.palette_levels,
                                          cfg.palette_patch)
         self.mask_id = self.tokenizer.vocab_size
@@ -48,7 +48,9 @@ class MaskedTokens:
     def logits(self, model: nn.Module, ids: Tensor, cond: Cond) -> Tensor:
         return model(ids, cond.context, cond.context_mask, cond.actions)
 
-    def loss(self, model: nn.Module, latents: Tensor, cond: Cond, generator: torch.Generator) -> LossOutput:
+    def loss(self, model: nn.Module, latents: Tensor, cond: Cond, generator: torch.Generator,
+             stratum: tuple[int, int] = (0, 1)) -> LossOutput:
+        """Mask ratios and positions are i.i.d. per sample from `generator` (stratum unused)."""
         ids = self.tokenizer.encode(latents)
         flat = ids.flatten(1)
         ratios = mask_ratio(torch.rand(flat.shape[0], generator=generator, device=flat.device),

@@ -6,11 +6,14 @@ network predicts v = sqrt(a_t) eps - sqrt(1 - a_t) x0 (MSE), and sampling is DDI
 then rescaled so the last timestep has SNR exactly 0 (Lin et al. 2024): sampling starts from pure
 noise, which the network saw in training. The network gets t = index / num_train_timesteps.
 
-Explicit uniform sampling: data-parallel rank r of n draws its timesteps stratified inside
-[r/n, (r+1)/n) of the schedule, so every optimizer step sees every noise level once per stratum
-instead of whatever i.i.d. draws happen to give (CogVideoX section 3). The stratum comes from
-(dp_rank, dp_size) given at construction; the draw inside it from the step's generator, which is
-derived from (seed, rank, step): nothing to save, exact on resume.
+Explicit uniform sampling: the optimizer step's N micro-batches (over all data-parallel ranks
+and accumulation steps) split the schedule into N strata; micro-batch i draws its timesteps
+stratified inside [i/N, (i+1)/N), so every step sees every noise level instead of whatever
+i.i.d. draws happen to give (CogVideoX section 3). The trainer passes i = dp_rank * accum + micro
+and N = dp * accum: sequence-parallel peers (one dp rank) draw the same timesteps, and one process
+accumulating k micro-batches draws what k data-parallel ranks draw. The draw inside the stratum
+comes from the micro-batch's generator, derived from (seed, step, i): nothing to save, exact on
+resume.
 """
 
 import math
@@ -47,10 +50,10 @@ def alphas_cumprod(cfg: VPredictionConfig) -> Tensor:
     return rescale_zero_terminal_snr(alphas) if cfg.zero_terminal_snr else alphas
 
 
-def explicit_uniform(n: int, dp_rank: int, dp_size: int, generator: torch.Generator, device) -> Tensor:
-    """n values in [0, 1): stratified inside this rank's 1/dp_size of the interval."""
+def explicit_uniform(n: int, index: int, count: int, generator: torch.Generator, device) -> Tensor:
+    """n values in [0, 1): stratified inside stratum `index` of `count` equal strata."""
     u = (torch.arange(n, device=device) + torch.rand(n, generator=generator, device=device)) / n
-    return (dp_rank + u) / dp_size
+    return (index + u) / count
 
 
 def _bcast(values: Tensor, like: Tensor) -> Tensor:
@@ -58,14 +61,15 @@ def _bcast(values: Tensor, like: Tensor) -> Tensor:
 
 
 class VPrediction:
-    def __init__(self, cfg: VPredictionConfig, dp_rank: int = 0, dp_size: int = 1):
-        self.cfg, self.dp_rank, self.dp_size = cfg, dp_rank, dp_size
+    def __init__(self, cfg: VPredictionConfig):
+        self.cfg = cfg
         self.alphas_cumprod = alphas_cumprod(cfg)
 
-    def sample_indices(self, n: int, generator: torch.Generator, device) -> Tensor:
-        """Timestep indices [n] in [0, num_train_timesteps)."""
+    def sample_indices(self, n: int, generator: torch.Generator, device,
+                       stratum: tuple[int, int] = (0, 1)) -> Tensor:
+        """Timestep indices [n] in [0, num_train_timesteps); stratum (index, count), see above."""
         if self.cfg.timestep_sampling == "explicit_uniform":
-            u = explicit_uniform(n, self.dp_rank, self.dp_size, generator, device)
+            u = explicit_uniform(n, *stratum, generator, device)
         else:
             u = torch.rand(n, generator=generator, device=device)
         total = self.cfg.num_train_timesteps
@@ -77,10 +81,11 @@ class VPrediction:
     def network_time(self, indices: Tensor) -> Tensor:
         return indices.float() / self.cfg.num_train_timesteps
 
-    def loss(self, model: nn.Module, latents: Tensor, cond: Cond, generator: torch.Generator) -> LossOutput:
+    def loss(self, model: nn.Module, latents: Tensor, cond: Cond, generator: torch.Generator,
+             stratum: tuple[int, int] = (0, 1)) -> LossOutput:
         x0 = latents
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        indices = self.sample_indices(x0.shape[0], generator, x0.device)
+        indices = self.sample_indices(x0.shape[0], generator, x0.device, stratum)
         a = _bcast(self.alpha(indices), x0)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         pred = model(x_t, self.network_time(indices), cond.context, cond.context_mask)

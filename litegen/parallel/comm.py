@@ -47,6 +47,15 @@ def all_gather(output: Tensor, input: Tensor, group) -> None:
     gather(output, input, group=group)
 
 
+def reduce_scatter(output: Tensor, input: Tensor, group) -> None:
+    """Sum `input` over the group; this rank keeps chunk `rank` of the sum along dim 0 in `output`."""
+    world, me = dist.get_world_size(group), dist.get_rank(group)
+    _sent_bytes["reduce_scatter"] += sum(_nbytes(c) for j, c in enumerate(input.chunk(world)) if j != me)
+    # reduce_scatter_single is the new name (2.13 deprecates reduce_scatter_tensor).
+    scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+    scatter(output, input, group=group)
+
+
 def ring_exchange(send: Tensor, group) -> tuple[Tensor, list]:
     """Start passing `send` to the next rank of the ring and receiving the previous rank's.
 

@@ -24,6 +24,8 @@ def deepspeed_config(cfg: LiteGenConfig, bf16: bool) -> dict[str, Any]:
         "gradient_accumulation_steps": cfg.train.grad_accum_steps,
         "gradient_clipping": max(cfg.optim.grad_clip_norm, 0.0),  # 0 disables
         "bf16": {"enabled": bf16},
+        # Stage 3 keeps DeepSpeed's memory-efficient linear, which replaces
+        # torch.nn.functional.linear process-wide: one backend per process, as torchrun runs it.
         "zero_optimization": {"stage": cfg.parallel.zero_stage},
         # ZeRO checks the optimizer against a list of its own; torch AdamW is fine.
         "zero_allow_untested_optimizer": True,

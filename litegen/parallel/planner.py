@@ -67,7 +67,7 @@ class ModelFacts:
         plan = model_plan(cfg)
         blocks = plan.block_list(net)
         return cls(cfg, count_params(net), count_params(blocks[0]), len(blocks),
-                   getattr(net, plan.token_stack, None) is not None)
+                   getattr(net, plan.token_stack.method, None) is not None)
 
 
 @dataclass(frozen=True)

@@ -1,18 +1,23 @@
-"""Sequence parallelism applied to an unmodified model: shard the tokens, swap self-attention.
+"""Sequence parallelism applied to an unmodified model: shard the tokens, swap attention cores.
 
-`apply_sequence_parallel` wraps the model's token-stack seam (ModelPlan.token_stack): tokens and
-their RoPE angles are padded to a multiple of the SP degree and each rank keeps one contiguous
-chunk; per-sample inputs (time modulation, text) stay whole. Self-attention cores become Ulysses,
-ring or 2D (Ulysses inside, ring across) attention; cross-attention is untouched (queries stay
-sharded, text K/V are replicated). The stack's per-token output is all-gathered at the end.
+`apply_sequence_parallel` wraps the model's token-stack seam (ModelPlan.token_stack, a
+`TokenStack`): every sequence argument (tokens, RoPE angles, FIT latents) is padded to equal
+chunks and each rank keeps one contiguous chunk; per-sample inputs (time modulation, text) stay
+whole. Attention cores are swapped by kind (litegen/parallel/sp_cores.py): self-attention becomes
+Ulysses, ring or 2D (Ulysses inside, ring across) attention, structured grid cores run under
+Ulysses, joint text+video cores keep the text whole; cross-attention and FIT's grouped cores are
+untouched. The stack's per-token output is all-gathered at the end. Layouts a family's cores
+cannot run are refused up front, naming the family, the core kind and why.
 
 Gradient contract: every rank of an SP group computes the same loss from the gathered output
 (same sample, noise and timestep), so the gather's backward keeps only this rank's slice and each
-rank's parameter gradients are partial sums over its tokens. The data-parallel reduction then
-has to *sum* over SP ranks; backends average over the whole world, so the trainer scales the
-loss by the SP degree (see `gradient_scale`).
+rank's parameter gradients are partial sums over its tokens (and over its share of any whole,
+per-sample stream such as CogVideoX's text: each copy only feeds this rank's consumers). The
+data-parallel reduction then has to *sum* over SP ranks; backends average over the whole world,
+so the trainer scales the loss by the SP degree (see `gradient_scale`).
 """
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -20,25 +25,31 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from litegen.config import ConfigError
 from litegen.models.attention import attention
-from litegen.models.plan import ModelPlan
+from litegen.models.plan import ATTENTION_KINDS, ModelPlan, TokenStack
 from litegen.parallel import comm
 from litegen.parallel.dims import ParallelDims
 from litegen.parallel.ring import ring_attention
+from litegen.parallel.sp_cores import parallel_core
 from litegen.parallel.ulysses import ulysses_attention
 
 
 @dataclass(frozen=True)
 class SequenceLayout:
-    """How `length` tokens split over `world` ranks: padded to equal chunks, chunk `rank` here."""
+    """How `length` tokens split over `world` ranks: padded to equal chunks, chunk `rank` here.
+
+    `unit` tokens stay together (a FIT group): chunks and padding come in whole units.
+    """
 
     length: int
     world: int
     rank: int
+    unit: int = 1
 
     @property
     def padded(self) -> int:
-        return math.ceil(self.length / self.world) * self.world
+        return math.ceil(self.length / (self.unit * self.world)) * self.unit * self.world
 
     @property
     def chunk(self) -> int:
@@ -118,44 +129,99 @@ def _local_attention(q: Tensor, k: Tensor, v: Tensor, key_valid: Optional[Tensor
     return attention(q, k, v, attn_mask=mask)
 
 
-class SequenceParallelAttention(nn.Module):
-    """Drop-in AttentionCore for self-attention over a sequence sharded across SP ranks."""
+def _layouts(arguments: dict, spec: TokenStack, groups: SequenceParallelGroups) -> dict[str, SequenceLayout]:
+    """One layout per sequence argument, all cut into the same number of units (tokens or groups)."""
+    dims = spec.sequence_dims()
+    units = arguments[spec.groups] if spec.groups else arguments[spec.output].shape[dims[spec.output]]
+    layouts = {}
+    for name, dim in spec.sequences:
+        if arguments[name] is None:
+            continue
+        length = arguments[name].shape[dim]
+        if length % units:
+            raise ValueError(f"token stack argument {name!r}: {length} positions do not split into {units} "
+                             f"{'groups' if spec.groups else 'tokens'}")
+        layouts[name] = SequenceLayout(length, groups.sp, groups.sp_rank, unit=length // units)
+    return layouts
 
-    def __init__(self, groups: SequenceParallelGroups):
-        super().__init__()
-        self.groups = groups
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
-        if attn_mask is not None:
-            raise ValueError("sequence-parallel self-attention takes no custom mask "
-                             "(sequence padding is masked internally)")
-        layout = self.groups.layout
-        return self.groups.attend(q, k, v, layout.key_valid(q.device) if layout else None)
+def _sharded_token_stack(stack, spec: TokenStack, groups: SequenceParallelGroups):
+    signature = inspect.signature(stack)
+    dims = spec.sequence_dims()
 
-
-def _sharded_token_stack(stack, groups: SequenceParallelGroups):
-    def sharded(tokens: Tensor, rope: Tensor, *args, **kwargs) -> Tensor:
-        groups.layout = SequenceLayout(tokens.shape[1], groups.sp, groups.sp_rank)
-        local = stack(groups.layout.shard(tokens, 1), groups.layout.shard(rope, 0), *args, **kwargs)
-        return gather_sequence(local, groups.sp_group, groups.layout)
+    def sharded(*args, **kwargs) -> Tensor:
+        bound = signature.bind(*args, **kwargs)
+        layouts = _layouts(bound.arguments, spec, groups)
+        for name, layout in layouts.items():
+            bound.arguments[name] = layout.shard(bound.arguments[name], dims[name])
+        out_layout = layouts[spec.output]
+        if spec.groups:
+            bound.arguments[spec.groups] = out_layout.chunk // out_layout.unit  # groups held here
+        groups.layout = layouts[spec.attends]
+        local = stack(*bound.args, **bound.kwargs)
+        return gather_sequence(local, groups.sp_group, out_layout)
 
     return sharded
+
+
+def _paths(plan: ModelPlan, kind: str) -> str:
+    paths = getattr(plan, ATTENTION_KINDS[kind])
+    return ", ".join((paths,) if isinstance(paths, str) else paths)
+
+
+def sequence_parallel_problems(plan: ModelPlan, dims: ParallelDims, family: str,
+                               num_heads: Optional[int] = None) -> list[tuple[str, str]]:
+    """What this layout cannot do for this family's attention kinds, as (config field, message)."""
+    if dims.sp == 1:
+        return []
+    kinds, problems = plan.kinds(), []
+    if "grid" in kinds and dims.sp_ring > 1:
+        # Ulysses splits heads: the largest SP degree it reaches is the part of sp dividing them.
+        ulysses = math.gcd(num_heads, dims.sp) if num_heads else dims.sp
+        problems.append(("parallel.sp_ring", (
+            f"model.family={family}: its 'grid' attention cores ({_paths(plan, 'grid')}) reshape the whole "
+            f"token grid (per frame, per position over time, or in windows); a ring rank only ever holds "
+            f"one contiguous chunk of tokens, so they run under Ulysses only, whose degree must divide "
+            f"the heads: use parallel.sp_ring=1 parallel.sp_ulysses={ulysses}")))
+    if "grouped" in kinds and plan.token_stack.groups is None:
+        problems.append(("parallel", (
+            f"model.family={family}: its 'grouped' attention cores ({_paths(plan, 'grouped')}) keep "
+            f"attention inside token groups, which needs the token stack to shard on group boundaries, "
+            f"but its plan names no TokenStack.groups argument (litegen/models/plan.py)")))
+    return problems
+
+
+def check_sequence_parallel(plan: ModelPlan, dims: ParallelDims, family: str,
+                            num_heads: Optional[int] = None) -> None:
+    """Raise ConfigError (naming family, core kind, why and the fix) for a layout it cannot run."""
+    problems = sequence_parallel_problems(plan, dims, family, num_heads)
+    if problems:
+        raise ConfigError(problems)
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    model.get_submodule(parent).register_module(child, module)
 
 
 def apply_sequence_parallel(model: nn.Module, plan: ModelPlan, dims: ParallelDims, rank: int) -> None:
     """Shard `model`'s token stack over the SP group of `rank` (in place; no-op when sp == 1)."""
     if dims.sp == 1:
         return
-    stack = getattr(model, plan.token_stack, None)
+    cfg = getattr(model, "cfg", None)
+    check_sequence_parallel(plan, dims, getattr(cfg, "family", type(model).__name__),
+                            getattr(cfg, "num_heads", None))
+    stack = getattr(model, plan.token_stack.method, None)
     if stack is None:
-        raise ValueError(f"{type(model).__name__} has no token-stack seam {plan.token_stack!r}; "
+        raise ValueError(f"{type(model).__name__} has no token-stack seam {plan.token_stack.method!r}; "
                          "sequence parallelism needs one (see litegen/models/plan.py)")
     groups = SequenceParallelGroups(dims, rank)
-    for block in plan.block_list(model):
-        parent, _, name = plan.self_attention.rpartition(".")
-        block.get_submodule(parent).register_module(name, SequenceParallelAttention(groups))
+    for name, core, kind in list(plan.attention_seams(model)):
+        replacement = parallel_core(kind, core, groups)
+        if replacement is not None:
+            _set_submodule(model, name, replacement)
     # An instance attribute shadows the class method: the model's forward calls the wrapper.
-    setattr(model, plan.token_stack, _sharded_token_stack(stack, groups))
+    setattr(model, plan.token_stack.method, _sharded_token_stack(stack, plan.token_stack, groups))
 
 
 def gradient_scale(dims: ParallelDims) -> float:

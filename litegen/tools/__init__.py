@@ -1,1 +1,2 @@
-"""Command-line tools around training: dry-run planning (plan), weight conversion (convert)."""
+"""Command-line tools around training: prep (videos -> shards), plan (dry run), convert
+(diffusers weights)."""

@@ -1,6 +1,7 @@
 """Learning-rate schedule: linear warmup, then cosine decay to a floor (or constant)."""
 
 import math
+from typing import Callable
 
 import torch
 
@@ -18,6 +19,7 @@ def lr_factor(step: int, cfg: OptimConfig, total_steps: int) -> float:
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
-                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, total_steps))
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int,
+                    scale: Callable[[int], float] = lambda step: 1.0) -> torch.optim.lr_scheduler.LambdaLR:
+    """scale(step): a further multiplier, e.g. the progressive schedule's per-stage lr_scale."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, total_steps) * scale(s))

@@ -1,6 +1,7 @@
 """Step metrics: throughput/MFU accounting, metrics.jsonl (rank 0) and wandb."""
 
 import json
+import uuid
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,7 @@ class MetricsWriter:
         import wandb
 
         id_file = run_dir / "wandb_id.txt"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
         self.wandb_run = wandb.init(project=project, name=name, id=run_id, resume="allow",
                                     dir=str(run_dir), mode=mode, config=config)

@@ -6,21 +6,25 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import torch.distributed.checkpoint as dcp
 from torch import nn
 
 from litegen.config import LiteGenConfig
 from litegen.data.generate import generate_synthetic_dataset
+from litegen.data.buckets import TokenGeometry
 from litegen.data.loader import build_loader, expand_shards
+from litegen.data.schedule import build_schedule
 from litegen.encoders import build_text_encoder, build_video_encoder
-from litegen.models import build_model, count_params
+from litegen.models import build_model, count_params, model_plan
 from litegen.objectives import Cond, build_objective
 from litegen.parallel.dims import ParallelDims
 from litegen.parallel.distributed import DistInfo, barrier, is_distributed
 from litegen.parallel.parallelize import build_steps, parallelize, unwrap
 from litegen.parallel.planner import auto_layout
-from litegen.parallel.sequence import gradient_scale
+from litegen.parallel.sequence import check_sequence_parallel, gradient_scale
 from litegen.train.checkpoint import Checkpointer
 from litegen.train.conditioning import encode_captions
+from litegen.train.data_state import LoaderCheckpoint
 from litegen.train.ema import EMA
 from litegen.train.lr import build_scheduler
 from litegen.train.metrics import Meter, MetricsWriter
@@ -69,7 +73,7 @@ class Run:
         """Everything resumable, one key per stateful piece; per-rank pieces keyed by rank."""
         state = {"train": self.steps.checkpoint_state(),
                  "lr_schedule": self.scheduler, "trainer": Progress(self),
-                 f"data.dp_rank{self.dp_rank}": self.loader,
+                 "data": LoaderCheckpoint(self.loader),
                  f"rng.rank{self.dist.rank}": RngState()}
         if self.ema is not None:
             state[f"ema.rank{self.dist.rank}" if self.ema.per_rank else "ema"] = self.ema
@@ -140,6 +144,9 @@ def build_dims(cfg: LiteGenConfig, dist_info: DistInfo) -> ParallelDims:
     """Validate the layout (before any work) and, with several processes, build the mesh."""
     dims = ParallelDims.from_config(cfg.parallel, dist_info.world_size,
                                     num_heads=getattr(cfg.model, "num_heads", None))
+    # Before encoders load: a layout the family's attention cores cannot run fails here.
+    check_sequence_parallel(model_plan(cfg.model), dims, cfg.model.family,
+                            getattr(cfg.model, "num_heads", None))
     if is_distributed():
         dims.build_mesh(dist_info.device.type)
     return dims
@@ -179,13 +186,15 @@ def build_run(cfg: LiteGenConfig, run_dir: Path, dist_info: DistInfo) -> Run:
     return Run(
         cfg=cfg, run_dir=run_dir, dist=dist_info, dims=dims, net=net, model=model,
         optimizer=optimizer, steps=steps,
-        scheduler=build_scheduler(optimizer, cfg.optim, cfg.train.steps),
+        scheduler=build_scheduler(optimizer, cfg.optim, cfg.train.steps, build_schedule(cfg.data).lr_scale),
         ema=build_ema(net, cfg.train.ema_decay),
-        objective=build_objective(cfg.objective, dims.dp_rank(dist_info.rank), dims.dp),
+        objective=build_objective(cfg.objective),
         video_encoder=video_encoder,
         text_encoder=text_encoder,
         loader=build_loader(cfg.data, dims.dp_rank(dist_info.rank), dims.dp,
-                            expected_signature=video_encoder.signature()),
+                            expected_signature=video_encoder.signature(),
+                            geometry=TokenGeometry.of(video_encoder, cfg.model.patch_size),
+                            micro_batches_per_step=cfg.train.grad_accum_steps),
         null_cond=encode_captions(text_encoder, [""], device),
         checkpointer=Checkpointer(run_dir / "checkpoints", cfg.train.keep_last_k, dist_info),
         meter=Meter(dist_info, peak, group=dims.group("dp")), peak_source=peak_source)
@@ -197,7 +206,14 @@ def resume_if_possible(run: Run) -> Optional[Path]:
     if latest is None:
         return None
     _, path = latest
-    run.checkpointer.load(path, run.checkpoint_state())
+    state = run.checkpoint_state()
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    rng_key = f"rng.rank{run.dist.rank}"
+    if not any(key.startswith(rng_key + ".") for key in saved):
+        # Resuming on more ranks than saved: this rank's global RNG starts fresh; per-step
+        # randomness is derived from (seed, rank, step) and needs no saved state.
+        del state[rng_key]
+    run.checkpointer.load(path, state)
     return path
 
 
@@ -210,9 +226,17 @@ def describe(run: Run) -> dict[str, Any]:
         "layout": f"world {run.dist.world_size} = dp {run.dims.dp} x sp {run.dims.sp} "
                   f"(ring {run.dims.sp_ring} x ulysses {run.dims.sp_ulysses}, "
                   f"{cfg.parallel.backend}) on {run.dist.device.type}",
-        "batch": f"{cfg.data.batch_size} clips/rank x {cfg.train.grad_accum_steps} accum "
-                 f"x {run.dims.dp} dp",
+        "batch": f"{batch_summary(cfg)}/rank x {cfg.train.grad_accum_steps} accum x {run.dims.dp} dp",
         "data": cfg.data.shards,
         "peak for MFU": f"{run.meter.peak_tflops:.2f} TFLOP/s ({run.peak_source})"
                         if run.meter.peak_tflops else run.peak_source,
     }
+
+
+def batch_summary(cfg: LiteGenConfig) -> str:
+    """'8 clips', 'packs of <= 6144 tokens', or each stage's from its start step."""
+    stages = build_schedule(cfg.data).stages
+    sizes = [f"packs of <= {s.token_budget} tokens" if s.packed else f"{s.batch_size} clips" for s in stages]
+    if len(stages) == 1:
+        return sizes[0]
+    return "; ".join(f"{s.name} from step {s.start_step}: {size}" for s, size in zip(stages, sizes))

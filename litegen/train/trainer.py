@@ -8,34 +8,29 @@ from typing import Iterator, Optional
 
 import torch
 
-from litegen.models import train_flops_per_sample
 from litegen.parallel.distributed import barrier
 from litegen.train import console
+from litegen.train.batches import batch_work, model_inputs
 from litegen.train.conditioning import batch_cond
 from litegen.train.rng import micro_batch_generator
 from litegen.train.setup import Run
 from litegen.train.sampling import generate_sample
 
 
-def tokens_per_sample(latent_shape: tuple[int, ...], patch: list[int]) -> int:
-    _, t, h, w = latent_shape
-    return (t // patch[0]) * (h // patch[1]) * (w // patch[2])
+def forward_backward(run: Run, batch: dict, generator: torch.Generator, scale: float,
+                     stratum: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """One micro-batch: conditioning, objective loss, backward. Returns the detached loss.
 
-
-def forward_backward(run: Run, batch: dict, generator: torch.Generator, scale: float) -> torch.Tensor:
-    """One micro-batch: conditioning, objective loss, backward. Returns the detached loss."""
+    stratum: the micro-batch's (global index, count) in the step (see Objective.loss)."""
     device = run.dist.device
+    batch, latents = model_inputs(run, batch)  # packed clips, raw clips encoded
     cond = batch_cond(batch, run.text_encoder, run.cfg.train.caption_dropout, generator,
                       run.null_cond, device)
-    latents = batch["latents"].to(device, non_blocking=True)
     dtype = run.autocast_dtype()
     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        out = run.objective.loss(run.model, latents, cond, generator)
+        out = run.objective.loss(run.model, latents, cond, generator, stratum=stratum)
     run.steps.backward(out.loss * scale)
-    shape = tuple(latents.shape[1:])
-    flops = train_flops_per_sample(run.cfg.model, shape, cond.context.shape[1]) * latents.shape[0]
-    run.meter.add_micro(out.loss.detach(), latents.shape[0],
-                        tokens_per_sample(shape, run.cfg.model.patch_size) * latents.shape[0], flops)
+    run.meter.add_micro(out.loss.detach(), *batch_work(run.cfg.model, latents, cond.context.shape[1]))
     return out.loss.detach()
 
 
@@ -46,9 +41,10 @@ def train_step(run: Run, batches: Iterator[dict]) -> torch.Tensor:
     for micro in range(accum):
         gen = micro_batch_generator(run.cfg.train.seed, run.step, run.dp_rank, micro, accum,
                                     run.dist.device)
+        stratum = (run.dp_rank * accum + micro, run.dims.dp * accum)
         # Gradients are reduced across ranks on the last micro-batch only (where the backend can).
         with run.steps.accumulate(last=micro == accum - 1):
-            forward_backward(run, next(batches), gen, run.loss_scale)
+            forward_backward(run, next(batches), gen, run.loss_scale, stratum)
     grad_norm = run.steps.step(run.cfg.optim.grad_clip_norm)
     run.scheduler.step()
     if run.ema is not None:
@@ -70,6 +66,17 @@ def log_step(run: Run, grad_norm: torch.Tensor, started: tuple[float, int]) -> N
         console.say(console.progress_line(record, run.cfg.train.steps, rate * (run.cfg.train.steps - run.step)))
 
 
+def announce_stage(run: Run, previous):
+    """One line when a progressive-schedule stage starts (or a run resumes inside one)."""
+    schedule = run.loader.plan.schedule
+    stage = schedule.stage_at(run.step)
+    if stage != previous and len(schedule.stages) > 1 and run.dist.is_main:
+        size = f"packs of <= {stage.token_budget} tokens" if stage.packed else f"batches of {stage.batch_size}"
+        console.say(f"stage {stage.name!r} from step {run.step}: buckets {list(stage.shapes) or 'all'}, "
+                    f"{size}, lr x {stage.lr_scale}")
+    return stage
+
+
 def save_checkpoint(run: Run) -> Path:
     return run.checkpointer.save(run.step, run.checkpoint_state())
 
@@ -78,7 +85,9 @@ def train(run: Run) -> None:
     cfg = run.cfg.train
     batches = iter(run.loader)
     started = (time.perf_counter(), run.step)
+    stage = None
     while run.step < cfg.steps:
+        stage = announce_stage(run, stage)
         grad_norm = train_step(run, batches)
         if run.step % cfg.log_every_steps == 0 or run.step == cfg.steps:
             log_step(run, grad_norm, started)

@@ -1,7 +1,9 @@
 """Ulysses, ring and 2D attention on 2 and 4 gloo ranks vs one-process SDPA on the full sequence.
 
 One spawn per world size runs every layout and case; each rank checks its own chunk of the
-output and of the q/k/v gradients against the reference, and counts the bytes it sent.
+output and of the q/k/v gradients against the reference, and counts the bytes it sent. The same
+worlds check the other core kinds' parallel versions: joint text+video attention (every layout)
+and the structured grid cores (Ulysses) against the model's own cores on one process.
 """
 
 import pytest
@@ -70,6 +72,78 @@ def count_case(groups, seq: int):
     return dict(forward), dict(backward)
 
 
+TEXT = 5  # joint attention: caption tokens in front of the video
+GRID = (3, 3, 3)  # grid cores: 27 tokens, padded under 2 and 4 ranks
+
+
+# (name, video length, hide 3 of sample 1's caption tokens; else text_mask=None)
+JOINT_CASES = [("odd_text_masked", 13, True), ("even", 16, False)]
+
+
+def joint_case(groups, seq: int, text_masked: bool):
+    """Joint attention: this rank's video output/grad chunks, the text output and the SP-summed
+    text grads vs the model's JointAttentionCore on one process. Each rank's copy of the text
+    output gets 1/P of the text gradient, as the ranks' consumers of a whole stream do in a model."""
+    import torch.distributed as dist
+
+    from litegen.models.cores import JointAttentionCore
+    from litegen.parallel.sequence import SequenceLayout
+    from litegen.parallel.sp_cores import joint_attention
+
+    q, k, v, dout, _ = full_inputs(seq, False)
+    gen = torch.Generator().manual_seed(7)
+    text = [torch.randn(B, TEXT, H, D, generator=gen) for _ in range(4)]  # q, k, v, dout
+    text_valid = None
+    if text_masked:
+        text_valid = torch.ones(B, TEXT, dtype=torch.bool)
+        text_valid[1, 2:] = False
+    full = [x.clone().requires_grad_() for x in (q, k, v, *text[:3])]
+    ref_out, ref_text = JointAttentionCore()(*full, text_valid)
+    torch.autograd.backward([ref_out, ref_text], [dout, text[3]])
+    split = SequenceLayout(seq, groups.sp, groups.sp_rank)
+    local = [split.shard(x, 1).clone().requires_grad_() for x in (q, k, v)]
+    text_in = [x.clone().requires_grad_() for x in text[:3]]
+    out, text_out = joint_attention(groups, *local, *text_in, text_valid, split.key_valid("cpu"))
+    torch.autograd.backward([out, text_out], [split.shard(dout, 1), text[3] / groups.sp])
+    real = split.shard(torch.ones(1, seq, dtype=torch.bool), 1)[0]
+    errors = [(out.detach() - split.shard(ref_out.detach(), 1))[:, real].abs().max().item(),
+              (text_out.detach() - ref_text.detach()).abs().max().item()]
+    for got, ref in zip(local, full[:3]):
+        errors.append((got.grad - split.shard(ref.grad, 1))[:, real].abs().max().item())
+    for got, ref in zip(text_in, full[3:]):
+        grad = got.grad.clone()
+        dist.all_reduce(grad, group=groups.sp_group)
+        errors.append((grad - ref.grad).abs().max().item())
+    return errors
+
+
+def grid_case(groups, core):
+    """A structured core under Ulysses: this rank's output and q/k/v grad chunks vs the core."""
+    from litegen.parallel.sequence import SequenceLayout
+    from litegen.parallel.sp_cores import grid_attention
+
+    seq = GRID[0] * GRID[1] * GRID[2]
+    q, k, v, dout, _ = full_inputs(seq, False)
+    full = [x.clone().requires_grad_() for x in (q, k, v)]
+    expected = core(*full, grid=GRID)
+    expected.backward(dout)
+    split = SequenceLayout(seq, groups.sp, groups.sp_rank)
+    groups.layout = split
+    local = [split.shard(x, 1).clone().requires_grad_() for x in (q, k, v)]
+    out = grid_attention(groups, core, *local, grid=GRID)
+    out.backward(split.shard(dout, 1))
+    real = split.shard(torch.ones(1, seq, dtype=torch.bool), 1)[0]
+    pairs = [(out.detach(), expected.detach())] + [(x.grad, y.grad) for x, y in zip(local, full)]
+    return [(got - split.shard(ref, 1))[:, real].abs().max().item() for got, ref in pairs]
+
+
+def grid_cores():
+    from litegen.models.cores import FrameAttentionCore, TemporalAttentionCore, WindowAttentionCore
+
+    return {"frame": FrameAttentionCore(), "temporal": TemporalAttentionCore(),
+            "window_shifted": WindowAttentionCore((3, 3), shifted=True)}
+
+
 def worker(world: int):
     import torch.distributed as dist
 
@@ -83,7 +157,12 @@ def worker(world: int):
         groups = SequenceParallelGroups(dims, dist.get_rank())
         for case, seq, masked in CASES:
             results[(name, case)] = sp_case(groups, seq, masked)
+        for case, seq, text_masked in JOINT_CASES:
+            results[(name, "joint_" + case)] = joint_case(groups, seq, text_masked)
         results[(name, "bytes")] = count_case(groups, 16 * world)
+        if ring == 1:
+            for core_name, core in grid_cores().items():
+                results[(name, "grid_" + core_name)] = grid_case(groups, core)
     return results
 
 
@@ -99,6 +178,23 @@ def test_matches_sdpa_outputs_and_grads(world_results):
             for case, _, _ in CASES:
                 errors = results[(name, case)]
                 assert max(errors) <= 1e-5, (name, case, rank, errors)
+
+
+def test_joint_attention_matches_one_process(world_results):
+    world, ranks = world_results
+    for rank, results in enumerate(ranks):
+        for name, _, _ in LAYOUTS[world]:
+            for case, _, _ in JOINT_CASES:
+                errors = results[(name, "joint_" + case)]
+                assert len(errors) == 8 and max(errors) <= 1e-5, (name, case, rank, errors)
+
+
+def test_grid_cores_under_ulysses_match_one_process(world_results):
+    world, ranks = world_results
+    for rank, results in enumerate(ranks):
+        for core_name in grid_cores():
+            errors = results[("ulysses", "grid_" + core_name)]
+            assert len(errors) == 4 and max(errors) <= 1e-5, (core_name, rank, errors)
 
 
 def test_bytes_match_formula(world_results):

@@ -57,3 +57,17 @@ def test_torchrun_ddp_two_processes(tiny_shards, tmp_path):
                       cwd=tmp_path, nproc=2)
     assert "at step 4" in resumed.stdout
     assert [r["step"] for r in read_metrics(run_dir)] == [2, 4, 6]
+
+
+def test_wandb_offline_run_is_written_and_resumed(tiny_shards, tmp_path):
+    # The quick start logs to wandb offline by default; a resumed run continues the same run id.
+    run_dir = tmp_path / "wb"
+    args = ["train.steps=2", "train.log_every_steps=1", "train.sample.enabled=false"]
+    overrides = [o for o in tiny_overrides(tiny_shards, run_dir, *args) if "wandb_mode" not in o]
+    run_cli(overrides + ["logging.wandb_mode=offline"], cwd=tmp_path)
+    run_id = (run_dir / "wandb_id.txt").read_text().strip()
+    assert len(list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))) == 1
+    more = [o if o != "train.steps=2" else "train.steps=3" for o in overrides]
+    run_cli(more + ["logging.wandb_mode=offline"], cwd=tmp_path)
+    assert (run_dir / "wandb_id.txt").read_text().strip() == run_id
+    assert len(list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))) == 2

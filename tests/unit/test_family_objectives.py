@@ -37,8 +37,8 @@ def test_explicit_uniform_timesteps_cover_every_stratum_across_ranks():
         assert bool(((u >= rank / ranks) & (u < (rank + 1) / ranks)).all())
     strata = torch.cat(draws).mul(n * ranks).floor().long().sort().values
     assert strata.tolist() == list(range(n * ranks))
-    obj = build_objective(VPredictionConfig(), dp_rank=2, dp_size=4)
-    indices = obj.sample_indices(16, torch.Generator().manual_seed(0), "cpu")
+    obj = build_objective(VPredictionConfig())
+    indices = obj.sample_indices(16, torch.Generator().manual_seed(0), "cpu", stratum=(2, 4))
     assert int(indices.min()) >= 500 and int(indices.max()) < 750
 
 

@@ -1,4 +1,4 @@
-"""Every family's tiny experiment trains 20 steps on the generated shards with falling loss, and its
+"""Every family's tiny experiment trains 40 steps on the generated shards with falling loss, and its
 sample path (the trainer's end-of-run sampling) produces a clip of the right shape."""
 
 import pytest
@@ -12,7 +12,7 @@ from litegen.train.setup import build_run
 from litegen.train.trainer import train_step
 
 EXPERIMENTS = ["tiny", "cogvideox_tiny", "vchitect_tiny", "snapvideo_tiny", "worlddreamer_tiny"]
-STEPS = 20
+STEPS = 40  # 20 was too few: snapvideo's loss at step 20 depends on the data order
 
 
 @torch.no_grad()
@@ -40,8 +40,8 @@ def test_tiny_family_trains_and_samples(experiment, tiny_shards, tmp_path):
         assert torch.isfinite(grad_norm)
     after = held_out_loss(run, held)
     assert run.step == STEPS
-    # Measured (2 cores, torch 2.13): after/before = 0.74 wan, 0.90 cogvideox, 0.80 vchitect,
-    # 0.86 snapvideo, 0.70 worlddreamer; deterministic, so 0.95 leaves margin without flakiness.
+    # Measured at 40 steps (torch 2.13): after/before = 0.58 wan, 0.83 cogvideox, 0.61 vchitect,
+    # 0.76 snapvideo, 0.58 worlddreamer; deterministic, so 0.95 leaves margin without flakiness.
     assert after < 0.95 * before, (before, after)
     latents = sample_latents(run.net, run.objective, run.video_encoder, run.text_encoder, cfg.train.sample,
                              run.dist.device)

@@ -1,4 +1,7 @@
-"""Shard writer/reader round trips, atomicity, and the loader's order, buckets, dp split and exact resume."""
+"""Shard writer/reader round trips, atomicity, and the loader's order, buckets, dp split and exact resume.
+
+Elastic resume, sources, bad samples and stages: test_loader_resume.py, test_sources_stages.py.
+"""
 
 import glob
 import itertools
@@ -11,8 +14,9 @@ import webdataset
 
 from litegen.config.schema import DataConfig, SyntheticDataConfig
 from litegen.data.generate import generate_synthetic_dataset, render_indexed
-from litegen.data.loader import LoaderPlan, build_loader, expand_shards, reader_samples
+from litegen.data.loader import build_loader, expand_shards
 from litegen.data.shards import ShardWriter, decode_latent, iter_shard
+from data_helpers import epoch_keys, stop_and_resume
 
 SHAPES = [[8, 16, 16], [8, 16, 24]]
 NUM_CLIPS = 40
@@ -186,57 +190,34 @@ def test_loader_buckets_and_endless_epochs(dataset):
         shapes = {tuple(m["latent_shape"]) for m in batch["meta"]}
         assert len(shapes) == 1 and batch["latents"].shape == (4, *shapes.pop())
         assert batch["latents"].dtype == torch.float32 and len(batch["captions"]) == 4
-    assert loader.epoch >= 2
+    assert max(e for b in batches for e in b["epochs"]) >= 2
     assert {tuple(b["latents"].shape[1:]) for b in batches} == {(12, 8, 8, 8), (12, 8, 8, 12)}
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_dp_ranks_split_an_epoch_disjointly_and_completely(dataset, num_workers):
-    epoch_keys = []
-    for rank in range(2):
-        loader = build_loader(data_cfg(dataset, batch_size=1, num_workers=num_workers), rank, 2)
-        keys = []
-        for batch in loader:
-            if max(r["epoch"] for r in loader.state_dict()["readers"]) > 0:
-                break
-            keys += batch["keys"]
-        epoch_keys.append(keys)
-    assert not set(epoch_keys[0]) & set(epoch_keys[1])
-    assert sorted(epoch_keys[0] + epoch_keys[1]) == [f"shapes-{i:06d}" for i in range(NUM_CLIPS)]
-
-
-@pytest.mark.parametrize("spec", ["shard-{000000..000007}.tar", "shard-{000000..000002}.tar"])
-def test_reader_shares_cover_the_epoch(dataset, spec):
-    # 8 shards split by shard; 3 shards among 2 ranks x 2 workers fall back to splitting samples.
-    shards = tuple(expand_shards(f"{dataset}/{spec}"))
-    seen = []
-    for rank in range(2):
-        plan = LoaderPlan(shards, seed=5, dp_rank=rank, dp_size=2, num_readers=2, batch_size=1, shuffle_buffer=0)
-        for reader in range(2):
-            seen += [s.key for s in reader_samples(plan, reader, epoch=1)]
-    assert sorted(seen) == sorted(s.key for shard in shards for s in iter_shard(shard))
+    keys = [epoch_keys([build_loader(data_cfg(dataset, batch_size=1, num_workers=num_workers), rank, 2)], 0, 8)
+            for rank in range(2)]
+    assert not set(keys[0]) & set(keys[1])
+    assert sorted(keys[0] + keys[1]) == [f"shapes-{i:06d}" for i in range(NUM_CLIPS)]
 
 
 @pytest.mark.parametrize("num_workers,dp_rank,dp_size", [(0, 0, 1), (2, 0, 1), (0, 0, 2), (0, 1, 2), (2, 1, 2)])
 def test_resume_is_exact(dataset, num_workers, dp_rank, dp_size):
     cfg = data_cfg(dataset, num_workers=num_workers)
     n, m = 7, 12  # spans epoch boundaries: a reader has at most 5 batches of 2 per epoch here
-    reference = take(build_loader(cfg, dp_rank, dp_size), n + m)
-
-    first = build_loader(cfg, dp_rank, dp_size)
-    assert_same_batches(take(first, n), reference[:n])
-    state = json.loads(json.dumps(first.state_dict()))  # must survive a checkpoint as plain data
-
-    resumed = build_loader(cfg, dp_rank, dp_size)
-    resumed.load_state_dict(state)
-    assert_same_batches(take(resumed, m), reference[n:])
-    assert_same_batches(take(first, m), reference[n:])  # a new iter() also continues, not restarts
+    reference, first, resumed, stopped = stop_and_resume(lambda: build_loader(cfg, dp_rank, dp_size), n, m)
+    assert_same_batches(first, reference[:n])
+    assert_same_batches(resumed, reference[n:])
+    assert_same_batches(take(stopped, m), reference[n:])  # a new iter() also continues, not restarts
 
 
 def test_resume_refuses_another_stream(dataset):
     state = build_loader(data_cfg(dataset), 0, 2).state_dict()
-    with pytest.raises(ValueError, match="dp_size: saved 2, now 1"):
-        build_loader(data_cfg(dataset), 0, 1).load_state_dict(state)
+    with pytest.raises(ValueError, match="seed: saved 3, now 4"):
+        build_loader(data_cfg(dataset, seed=4), 0, 2).load_state_dict(state)
+    with pytest.raises(ValueError, match="needs every rank's data state"):
+        build_loader(data_cfg(dataset), 0, 1).load_state_dict(state)  # one rank's part of dp 2
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
