@@ -136,11 +136,30 @@ def memory_schedule(cfg, sp: int, device: torch.device, world_size: int) -> Memo
     return MemorySchedule.single(MemorySettings.from_config(cfg.parallel))
 
 
+def refuse_compiled(blocks: nn.ModuleList) -> None:
+    """Offload does not support torch.compile'd blocks: say so before the first step.
+
+    Offload's pack/unpack hooks keep Python bookkeeping per saved storage (views, owners, the
+    block's place in the prefetch chain) and issue copies on a side stream. In a compiled block
+    AOTAutograd chooses and lays out the saved tensors itself, so the hooks would see its graph's
+    values rather than the block's, and their copies would be ordered outside the compiled graph's
+    streams; none of that is validated here. Checkpointing alone composes with compiled blocks.
+    """
+    for i, block in enumerate(blocks):
+        compiled = getattr(block, "_compiled_call_impl", None) is not None or hasattr(block, "_orig_mod")
+        if compiled:
+            raise ValueError(f"block {i} is compiled (torch.compile), which activation offload does not "
+                             "support: set parallel.offload.enabled=false, or do not compile the blocks "
+                             "(see litegen/parallel/memory.py refuse_compiled for why)")
+
+
 def apply_memory(model: nn.Module, plan: ModelPlan, schedule: MemorySchedule, device: torch.device,
                  copies: Optional[SyncCopies] = None) -> Optional[ActivationOffloader]:
     """Give every block of `model` the schedule's treatment; returns the offloader (if any)."""
     if not (schedule.any_offload() or schedule.any_checkpoint()):
         return None
+    if schedule.any_offload():
+        refuse_compiled(plan.block_list(model))
     prefetch = max(s.prefetch_blocks for _, s in schedule.entries)
     offloader = ActivationOffloader(device, prefetch, copies) if schedule.any_offload() else None
     blocks = plan.block_list(model)

@@ -23,7 +23,9 @@ import torch
 from litegen.config import ConfigError
 from litegen.models import build_model, count_params, model_family, model_plan
 from litegen.models.activations import ActivationModel, Counts, Precision, activation_model, unit_counts
+from litegen.parallel.dims import ParallelDims
 from litegen.parallel.memory import MemorySettings
+from litegen.parallel.sequence import sequence_parallel_problems
 
 GIB = 2**30
 # Gradients of one block's activations alive at once during its backward, as a fraction of what the
@@ -59,6 +61,7 @@ class ModelFacts:
     block_params: int
     layers: int
     sp_capable: bool  # has the token-stack seam sequence parallelism needs
+    plan: object = None  # the family's ModelPlan: which SP layouts its attention kinds allow
 
     @classmethod
     def from_config(cls, cfg) -> "ModelFacts":
@@ -67,7 +70,19 @@ class ModelFacts:
         plan = model_plan(cfg)
         blocks = plan.block_list(net)
         return cls(cfg, count_params(net), count_params(blocks[0]), len(blocks),
-                   getattr(net, plan.token_stack.method, None) is not None)
+                   getattr(net, plan.token_stack.method, None) is not None, plan)
+
+    def sp_allowed(self, world_size: int, sp: int) -> bool:
+        """Whether the family's attention cores run this SP degree (as the planner splits it:
+        Ulysses takes what divides the heads, the ring the rest; grid cores refuse a ring)."""
+        if sp == 1:
+            return True
+        if not self.sp_capable:
+            return False
+        heads = getattr(self.cfg, "num_heads", None)
+        ulysses, ring = Layout(world_size, sp=sp).sp_split(heads)
+        dims = ParallelDims(1, world_size // sp, ring, ulysses, world_size)
+        return not sequence_parallel_problems(self.plan, dims, self.cfg.family, heads)
 
 
 @dataclass(frozen=True)
@@ -235,9 +250,8 @@ def best_settings(cost: ClipCost, layers: int, states: float, hw: Hardware, pref
 
 
 def sp_options(facts: ModelFacts, world_size: int, tokens: int) -> list[int]:
-    if not facts.sp_capable:
-        return [1]
-    return [d for d in range(1, world_size + 1) if world_size % d == 0 and d <= tokens]
+    return [d for d in range(1, world_size + 1)
+            if world_size % d == 0 and d <= tokens and facts.sp_allowed(world_size, d)]
 
 
 def plan_clip(facts: ModelFacts, latent, text_len: int, hw: Hardware, layout: Layout,
@@ -296,18 +310,34 @@ def infeasible_message(facts: ModelFacts, latent, text_len: int, hw: Hardware, l
 # ---- parallel.memory=auto: the planner's choice applied to a training run --------------------
 
 
-def planned_clips(cfg) -> list[tuple[int, int, int, int]]:
-    """Latent (C, T, H, W) shapes to plan for: parallel.memory_plan.clips, else the synthetic
-    data's pixel shapes through the pixel encoder (other encoders need memory_plan.clips)."""
-    c = cfg.model.in_channels
+def _pixel_shapes(cfg, bucket_names: list[str]) -> list[list[int]]:
+    """Pixel [frames, height, width] of the named data buckets (all when none are named); without
+    buckets, the synthetic data's shapes."""
+    buckets = cfg.data.buckets
+    if not buckets:
+        return [list(shape) for shape in cfg.data.synthetic.shapes]
+    return [list(buckets[name]) for name in (bucket_names or buckets)]
+
+
+def planned_clips(cfg) -> list[tuple[tuple[int, int, int, int], int]]:
+    """(latent (C, T, H, W), micro-batch) pairs to plan for: parallel.memory_plan.clips at
+    data.batch_size, else every data stage's buckets at that stage's batch size, through the pixel
+    encoder (a learned encoder needs memory_plan.clips)."""
+    c, data = cfg.model.in_channels, cfg.data
     if cfg.parallel.memory_plan.clips:
-        return [(c, *clip) for clip in cfg.parallel.memory_plan.clips]
+        return sorted({((c, *clip), data.batch_size) for clip in cfg.parallel.memory_plan.clips})
+    if data.token_budget > 0 or any(stage.token_budget for stage in data.stages):
+        raise ConfigError([("parallel.memory_plan.clips", "parallel.memory=auto with packed batches "
+                            "(data.token_budget > 0) needs the shapes to plan for: give "
+                            "parallel.memory_plan.clips=[[1,H,W],...] with H*W/patch area = the token budget")])
     video = cfg.encoders.video
     if video.kind != "pixel":
         raise ConfigError([("parallel.memory_plan.clips", "parallel.memory=auto with a learned video "
                             "encoder needs the latent clip shapes: parallel.memory_plan.clips=[[T,H,W],...]")])
     tf, sf = video.temporal_factor, video.spatial_factor
-    return sorted({(c, f // tf, h // sf, w // sf) for f, h, w in cfg.data.synthetic.shapes})
+    stages = [(stage.buckets, stage.batch_size or data.batch_size) for stage in data.stages] or [([], data.batch_size)]
+    return sorted({((c, f // tf, h // sf, w // sf), batch)
+                   for names, batch in stages for f, h, w in _pixel_shapes(cfg, names)})
 
 
 def run_precision(cfg, device: torch.device, world_size: int) -> Precision:
@@ -332,17 +362,17 @@ def run_hardware(cfg, device: torch.device) -> Hardware:
 
 
 def plan_run(cfg, world_size: int, device: torch.device, sp: Optional[int] = None) -> list[ClipPlan]:
-    """One plan per clip shape for this run's model, data, backend and micro-batch (data.batch_size).
+    """One plan per (clip shape, micro-batch) of this run's data stages, model and backend.
 
     sp: the sequence-parallel degree to keep (None: the planner may choose one).
     """
     facts = ModelFacts.from_config(cfg.model)
     layout = Layout(world_size, cfg.parallel.backend, cfg.parallel.zero_stage)
     return [plan_clip(facts, latent, cfg.encoders.text.max_length, run_hardware(cfg, device), layout,
-                      run_precision(cfg, device, world_size), [cfg.data.batch_size],
+                      run_precision(cfg, device, world_size), [batch],
                       [sp] if sp else None, cfg.parallel.offload.prefetch_blocks,
                       field="parallel.memory_plan.gpu_mem_gib")
-            for latent in planned_clips(cfg)]
+            for latent, batch in planned_clips(cfg)]
 
 
 def auto_layout(cfg, world_size: int, device: torch.device):
@@ -356,7 +386,8 @@ def auto_layout(cfg, world_size: int, device: torch.device):
     sp = max(plan.layout.sp for plan in plans)
     if sp != min(plan.layout.sp for plan in plans):  # one mesh per run: plan every clip at the largest
         plans = plan_run(cfg, world_size, device, sp)
-    ulysses, ring = plans[0].layout.sp_split(getattr(cfg.model, "num_heads", None))
+    ulysses, ring = ((p.sp_ulysses, p.sp_ring) if keep_sp  # the user's own split of their SP degree
+                     else plans[0].layout.sp_split(getattr(cfg.model, "num_heads", None)))
     s = max(plans, key=lambda plan: plan.tokens).settings
     parallel = replace(p, sp_ulysses=ulysses, sp_ring=ring, activation_checkpointing=s.activation_checkpointing,
                        ac_ratio=s.ac_ratio, ac_policy=s.ac_policy,
@@ -369,6 +400,8 @@ def auto_schedule(cfg, sp: int, device: torch.device, world_size: int):
     from litegen.parallel.memory import MemorySchedule
 
     plans = plan_run(cfg, world_size, device, sp)
-    entries = sorted(((unit_counts(cfg.model, plan.latent, 0, cfg.data.batch_size, sp).token, plan.settings)
-                      for plan in plans), key=lambda entry: entry[0])
-    return MemorySchedule(entries)
+    # Equal token counts (a shape at two stages' batch sizes): the most frugal plan comes first.
+    plans.sort(key=lambda plan: (unit_counts(cfg.model, plan.latent, 0, plan.batch, sp).token,
+                                 -plan.recompute_fraction, -plan.settings.offload_ratio))
+    return MemorySchedule([(unit_counts(cfg.model, plan.latent, 0, plan.batch, sp).token, plan.settings)
+                           for plan in plans])
