@@ -90,6 +90,10 @@ class ModelPlan:
     grouped_attention: Paths = ()  # in a block: GroupedAttentionCore (FIT read / write)
     grid_attention: Paths = ()  # in a block: structured cores taking the full sequence's grid
     token_stack: TokenStack = field(default_factory=TokenStack)  # the sequence-parallel seam
+    # Positional arguments of a block that carry the per-token stream (the block returns their
+    # successors). The other arguments (time embedding, text, positions) are shared by every
+    # block: activation offload leaves those on the device instead of copying them once per block.
+    block_stream: tuple[int, ...] = (0,)
 
     def block_list(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.blocks)
