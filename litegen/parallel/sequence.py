@@ -7,7 +7,9 @@ whole. Attention cores are swapped by kind (litegen/parallel/sp_cores.py): self-
 Ulysses, ring or 2D (Ulysses inside, ring across) attention, structured grid cores run under
 Ulysses, joint text+video cores keep the text whole; cross-attention and FIT's grouped cores are
 untouched. The stack's per-token output is all-gathered at the end. Layouts a family's cores
-cannot run are refused up front, naming the family, the core kind and why.
+cannot run are refused up front, naming the family, the core kind and why. Packed clips go
+through their own seam (ModelPlan.packed_token_stack) whose clip boundaries are made local to
+the rank's chunk (litegen/parallel/packed.py); they run under Ulysses only.
 
 Gradient contract: every rank of an SP group computes the same loss from the gathered output
 (same sample, noise and timestep), so the gather's backward keeps only this rank's slice and each
