@@ -10,6 +10,8 @@ from typing import Any, Iterator, Optional
 
 from omegaconf import MISSING
 
+from litegen.config.memory import MemoryPlanConfig, OffloadConfig, memory_problems
+
 Problems = Iterator[tuple[str, str]]
 
 
@@ -320,8 +322,16 @@ class ParallelConfig:
     zero_stage: int = 2  # deepspeed ZeRO stage 1 | 2 | 3
     dist_backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
     timeout_s: int = 600  # collective timeout; a dead rank surfaces as an error after this
+    # Activation memory (README "Fitting long clips"; schema and choices in config/memory.py).
+    memory: str = "manual"  # manual: the keys below | auto: the planner chooses them (and SP)
+    activation_checkpointing: str = "none"  # none | full | selective
+    ac_ratio: float = 1.0  # selective: fraction of blocks checkpointed, spread evenly
+    ac_policy: str = "save_matmuls"  # selective: save_matmuls | save_attention | recompute_all
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
+    memory_plan: MemoryPlanConfig = field(default_factory=MemoryPlanConfig)
 
     def problems(self) -> Problems:
+        yield from memory_problems(self)
         yield from _one_of(self, "backend", ("fsdp2", "deepspeed", "ddp"))
         yield from _one_of(self, "dist_backend", ("auto", "nccl", "gloo"))
         yield from _one_of(self, "param_dtype", ("auto", "bf16", "fp32"))

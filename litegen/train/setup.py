@@ -20,6 +20,7 @@ from litegen.objectives import Cond, build_objective
 from litegen.parallel.dims import ParallelDims
 from litegen.parallel.distributed import DistInfo, barrier, is_distributed
 from litegen.parallel.parallelize import build_steps, parallelize, unwrap
+from litegen.parallel.planner import auto_layout
 from litegen.parallel.sequence import check_sequence_parallel, gradient_scale
 from litegen.train.checkpoint import Checkpointer
 from litegen.train.conditioning import encode_captions
@@ -169,6 +170,7 @@ def build_optimizer(model: nn.Module, cfg: LiteGenConfig) -> torch.optim.Optimiz
 
 
 def build_run(cfg: LiteGenConfig, run_dir: Path, dist_info: DistInfo) -> Run:
+    cfg = auto_layout(cfg, dist_info.world_size, dist_info.device)  # parallel.memory=auto: SP degree
     dims = build_dims(cfg, dist_info)
     device = dist_info.device
     video_encoder = build_video_encoder(cfg.encoders.video, device=device)
