@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==$(TORCH_VERSION)
-	DS_BUILD_OPS=0 $(PY) -m pip install -q -c constraints.txt -e '.[hf,dev]'
+	DS_BUILD_OPS=0 $(PY) -m pip install -q -c constraints.txt -e '.[hf,deepspeed,slurm,dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -6,8 +6,9 @@ and MFU of each family at one realistic shape (reduced depth).
 
 FLOPs follow litegen/models/flops.py (matmuls only, training = 3 x forward); "per token" divides
 by the video (patch) tokens of one clip. The reference clip of each family is the published
-generation size where there is one (see REFERENCE). The layout column needs the memory planner
-(a later issue) and is printed as pending.
+generation size where there is one (see REFERENCE). The layout column is the memory planner's
+choice (litegen/parallel/planner.py) for 8 GPUs of 80 GiB with FSDP2 in bf16, micro-batch 1..8,
+at the planner's default host link (25 GB/s) and sustained 400 TFLOP/s.
 """
 
 import argparse
@@ -62,8 +63,24 @@ def table_rows() -> list[dict]:
         tokens = math.prod(n // p for n, p in zip(ref.latent[1:], cfg.patch_size))
         rows.append({"config": ref.config, "objective": ref.objective, "params": params, "clip": ref.clip,
                      "tokens": tokens, "flops_per_token": flops["total"] / tokens,
-                     "flops_per_sample": flops["total"], "layout": "pending (memory planner)"})
+                     "flops_per_sample": flops["total"], "layout": planned_layout(cfg, ref)})
     return rows
+
+
+def planned_layout(cfg, ref: Reference, world_size: int = 8, gpu_mem_gib: float = 80.0) -> str:
+    """The memory planner's SP degree, micro-batch, checkpointing and offload for the reference clip."""
+    from litegen.config import ConfigError
+    from litegen.models.activations import Precision
+    from litegen.parallel.planner import Hardware, Layout, ModelFacts, plan_clip
+    from litegen.tools.memory_report import describe_plan
+
+    facts = ModelFacts.from_config(cfg)
+    try:
+        plan = plan_clip(facts, ref.latent, ref.text_len, Hardware(gpu_mem_gib), Layout(world_size),
+                         Precision(2), list(range(1, 9)))
+    except ConfigError as e:
+        return f"does not fit: {e}"
+    return describe_plan(plan, facts.layers, getattr(cfg, "num_heads", None))
 
 
 def print_table(rows: list[dict]) -> None:

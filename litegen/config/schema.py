@@ -4,10 +4,13 @@ Each dataclass yields `(field, message)` pairs from `problems()`; `validate.py` 
 dotted path, adds cross-section checks and raises one ConfigError listing them all.
 """
 
+import signal
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 from omegaconf import MISSING
+
+from litegen.config.memory import MemoryPlanConfig, OffloadConfig, memory_problems
 
 Problems = Iterator[tuple[str, str]]
 
@@ -112,6 +115,10 @@ class TrainConfig:
     log_every_steps: int = 10
     peak_tflops: Optional[float] = None  # per device, for MFU; None: spec table (CUDA) / measured (CPU)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    sample_every_steps: int = 0  # also sample (EMA weights, to samples/ and wandb) every N steps; 0: end only
+    # Signals that make the run checkpoint at the next step boundary and exit with 75 (requeue);
+    # empty: none. See litegen/train/preemption.py.
+    preempt_signals: list[str] = field(default_factory=lambda: ["SIGUSR1", "SIGUSR2", "SIGTERM"])
     # Fault tolerance (README "Fault tolerance"): background checkpoint writes; what a non-finite
     # loss or gradient does (stop before the update, or skip the update on every rank); and the
     # per-phase watchdog that ends a stalled job (0 disables it).
@@ -133,6 +140,12 @@ class TrainConfig:
             yield "caption_dropout", f"must be in [0, 1), got {self.caption_dropout}"
         if self.keep_last_k < 0:
             yield "keep_last_k", f"must be >= 0, got {self.keep_last_k}"
+        if self.sample_every_steps < 0:
+            yield "sample_every_steps", f"must be >= 0 (0: sample at the end only), got {self.sample_every_steps}"
+        catchable = set(signal.Signals.__members__) - {"SIGKILL", "SIGSTOP"}
+        unknown = [s for s in self.preempt_signals if s not in catchable]
+        if unknown:
+            yield "preempt_signals", f"{unknown} are not catchable signal names (e.g. SIGUSR1, SIGTERM)"
 
 
 @dataclass
@@ -320,8 +333,16 @@ class ParallelConfig:
     zero_stage: int = 2  # deepspeed ZeRO stage 1 | 2 | 3
     dist_backend: str = "auto"  # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
     timeout_s: int = 600  # collective timeout; a dead rank surfaces as an error after this
+    # Activation memory (README "Fitting long clips"; schema and choices in config/memory.py).
+    memory: str = "manual"  # manual: the keys below | auto: the planner chooses them (and SP)
+    activation_checkpointing: str = "none"  # none | full | selective
+    ac_ratio: float = 1.0  # selective: fraction of blocks checkpointed, spread evenly
+    ac_policy: str = "save_matmuls"  # selective: save_matmuls | save_attention | recompute_all
+    offload: OffloadConfig = field(default_factory=OffloadConfig)
+    memory_plan: MemoryPlanConfig = field(default_factory=MemoryPlanConfig)
 
     def problems(self) -> Problems:
+        yield from memory_problems(self)
         yield from _one_of(self, "backend", ("fsdp2", "deepspeed", "ddp"))
         yield from _one_of(self, "dist_backend", ("auto", "nccl", "gloo"))
         yield from _one_of(self, "param_dtype", ("auto", "bf16", "fp32"))

@@ -7,17 +7,18 @@ so a killed run never leaves a folder that looks complete.
 import dataclasses
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Union
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from litegen.config.schema import SyntheticDataConfig
 from litegen.data.shards import ShardWriter
 from litegen.data.synthetic import render_clip
 from litegen.encoders.base import DTYPES
+from litegen.train.console import Progress
 
 PathLike = Union[str, Path]
 CLIPS_PER_CHUNK = 256  # rendered before encoding; bounds memory while giving the encoder batches
@@ -54,7 +55,7 @@ def _write_all(cfg: SyntheticDataConfig, tmp_dir: Path, encoder: ClipEncoder) ->
     info = {"generator": "litegen.data.generate", "synthetic": dataclasses.asdict(cfg),
             "video_encoder": encoder.signature()}
     with ShardWriter(tmp_dir, cfg.clips_per_shard, info=info) as writer, \
-            tqdm(total=cfg.num_clips, desc="synthetic clips", unit="clip") as progress:
+            Progress(cfg.num_clips, "synthetic clips", "clips", stream=sys.stderr, plain_steps=10) as progress:
         for start in range(0, cfg.num_clips, CLIPS_PER_CHUNK):
             indices = range(start, min(start + CLIPS_PER_CHUNK, cfg.num_clips))
             for index, latent, caption, meta in _encode_chunk(cfg, indices, encoder):

@@ -29,6 +29,7 @@ PLAN = ModelPlan(
     joint_attention="attn1.core",
     embeddings=("patch_embed", "text_proj", "time_embedding"),
     head="proj_out",
+    block_stream=(0, 1),  # video and text both change in every block
 )
 
 

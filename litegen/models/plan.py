@@ -60,6 +60,11 @@ class TokenStack:
     - With `groups` (the name of an int argument), every sequence is G equal groups that must not
       be split (FIT: a group's latents read and write only that group's patches): sequences are
       cut and padded on group boundaries, and the method gets this rank's group count.
+    - `varlens` names the clip boundaries (`Varlen` arguments) of a packed sequence and what their
+      queries run along: "self" (queries and keys are the attended sequence: the boundaries stay
+      whole, since Ulysses attends over the whole sequence, and the padding at its end becomes one
+      more clip) or "cross" (queries are the sequence, keys are whole per-clip text: the query
+      side is recomputed for this rank's chunk, where a clip may start or end mid-chunk).
     """
 
     method: str = "forward_tokens"
@@ -67,6 +72,7 @@ class TokenStack:
     output: str = "tokens"
     attends: str = "tokens"
     groups: Optional[str] = None
+    varlens: tuple[tuple[str, str], ...] = ()  # (argument, "self" | "cross")
 
     def sequence_dims(self) -> dict[str, int]:
         return dict(self.sequences)
@@ -90,6 +96,15 @@ class ModelPlan:
     grouped_attention: Paths = ()  # in a block: GroupedAttentionCore (FIT read / write)
     grid_attention: Paths = ()  # in a block: structured cores taking the full sequence's grid
     token_stack: TokenStack = field(default_factory=TokenStack)  # the sequence-parallel seam
+    # Positional arguments of a block that carry the per-token stream (the block returns their
+    # successors). The other arguments (time embedding, text, positions) are shared by every
+    # block: activation offload leaves those on the device instead of copying them once per block.
+    block_stream: tuple[int, ...] = (0,)
+    packed_token_stack: Optional[TokenStack] = None  # the same seam for packed clips (varlen attention)
+
+    def token_stacks(self) -> tuple[TokenStack, ...]:
+        """Every seam sequence parallelism wraps: the plain stack, then the packed one if any."""
+        return (self.token_stack,) + ((self.packed_token_stack,) if self.packed_token_stack else ())
 
     def block_list(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.blocks)

@@ -33,6 +33,7 @@ PLAN = ModelPlan(
     grouped_attention=("read.core", "write.core"),
     embeddings=("patch_embedding", "latent_init", "text_embedding", "time_embedding", "time_projection"),
     head="head",
+    block_stream=(0, 1),  # patches and latents both change in every block
     # Patches and latents are sharded together on group boundaries, so read/write stay local and
     # only the latent layers' self-attention communicates.
     token_stack=TokenStack(sequences=(("patches", 1), ("latents", 1), ("rope", 0)), output="patches",

@@ -20,7 +20,7 @@ from litegen.models.attention import Varlen
 from litegen.models.layers import (CrossAttention, LayerNorm32, SelfAttention, feed_forward,
                                    gated_residual, modulate)
 from litegen.models.packed import PackedLayout
-from litegen.models.plan import ModelPlan
+from litegen.models.plan import ModelPlan, TokenStack
 from litegen.models.rope import RotaryEmbedding3D, grid_positions
 
 PLAN = ModelPlan(
@@ -29,6 +29,11 @@ PLAN = ModelPlan(
     cross_attention="cross_attn.core",
     embeddings=("patch_embedding", "text_embedding", "time_embedding", "time_projection"),
     head="head",
+    # Per-token modulation (e, e6: each token carries its clip's timestep) is a sequence here.
+    packed_token_stack=TokenStack(
+        method="forward_packed_tokens",
+        sequences=(("tokens", 1), ("rope", 0), ("e", 1), ("e6", 1)),
+        varlens=(("self_varlen", "self"), ("cross_varlen", "cross"))),
 )
 
 
@@ -152,10 +157,22 @@ class WanDiT(nn.Module):
         e, e6 = self.embed_time(t, x.dtype)
         segment = layout.segment_ids
         ctx = self.text_embedding(context)[context_mask][None]  # real text tokens only, clip after clip
-        varlen = (layout.varlen, layout.cross_varlen(context_mask))
+        out = self.forward_packed_tokens(tokens, rope, e[segment][None], e6[segment][None], ctx,
+                                         layout.varlen, layout.cross_varlen(context_mask))
+        return out.to(x.dtype)
+
+    def forward_packed_tokens(self, tokens: Tensor, rope: Tensor, e: Tensor, e6: Tensor, ctx: Tensor,
+                              self_varlen: Varlen, cross_varlen: Varlen) -> Tensor:
+        """Blocks and head on packed tokens [1, S, dim] -> [1, S, out * patch volume].
+
+        The packed token-stack seam (PLAN.packed_token_stack): rope [S, ...], per-token time
+        modulation e [1, S, dim] and e6 [1, S, 6, dim] are sequences like the tokens; ctx
+        [1, Lt, dim] holds every clip's real text tokens. self_varlen pairs clip i's tokens with
+        themselves, cross_varlen clip i's tokens with caption i.
+        """
         for block in self.blocks:
-            tokens = block(tokens, e6[segment][None], ctx, None, rope, varlen)
-        return self.head(tokens, e[segment][None]).to(x.dtype)
+            tokens = block(tokens, e6, ctx, None, rope, (self_varlen, cross_varlen))
+        return self.head(tokens, e)
 
     def init_weights(self, seed: int, write: Optional[Writer] = None) -> None:
         """Fill every parameter from (seed, parameter name): same values on any device or layout.

@@ -60,11 +60,13 @@ def all_reduce_sum(values: list[float], device: torch.device, group=None) -> lis
     return t.tolist()
 
 
-def shutdown(exit_code: int = 0) -> None:
+def shutdown(exit_code: int = 0, exit_process: bool = True) -> None:
     """Leave the process group and exit.
 
     Multi-process runs exit with os._exit after destroy_process_group: letting the interpreter
     tear down gloo threads aborts a fraction of runs with SIGABRT (see notes/cpu-stack.md).
+    exit_process=False returns instead, for a caller that must run on (submitit writes each
+    task's result after the function returns).
     """
     if not is_distributed():
         return
@@ -72,4 +74,5 @@ def shutdown(exit_code: int = 0) -> None:
     dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(exit_code)
+    if exit_process:
+        os._exit(exit_code)

@@ -2,9 +2,15 @@
 
     1. sequence parallelism: swap self-attention cores, shard the token stack (no parameters,
        so it goes first and the swapped cores end up inside the FSDP block units);
-    2. FSDP2 `fully_shard` per block and root, still on `meta` (nothing full-size allocated);
-    3. materialise on the device and initialise from the seed, shard by shard;
-    4. DDP, which needs real weights. DeepSpeed wraps later, in `build_steps`, because
+    2. activation checkpointing and offload: each block's forward becomes checkpointed and/or
+       offloaded per micro-batch (litegen/parallel/memory.py). Before FSDP so that FSDP's hooks
+       wrap the whole block call: its parameters are gathered around the checkpointed forward,
+       and in backward FSDP's pre-backward unshard runs before the recompute needs them; the
+       recompute repeats the SP collectives in order on every rank. Offload wraps outside the
+       checkpoint, so the checkpoint's saved inputs pass through its hooks;
+    3. FSDP2 `fully_shard` per block and root, still on `meta` (nothing full-size allocated);
+    4. materialise on the device and initialise from the seed, shard by shard;
+    5. DDP, which needs real weights. DeepSpeed wraps later, in `build_steps`, because
        `deepspeed.initialize` takes the optimizer too.
 """
 
@@ -20,6 +26,7 @@ from litegen.parallel.dims import ParallelDims
 from litegen.parallel.distributed import is_distributed
 from litegen.parallel.engine import TorchSteps
 from litegen.parallel.fsdp import apply_fsdp, write_shard
+from litegen.parallel.memory import apply_memory, memory_schedule
 from litegen.parallel.sequence import apply_sequence_parallel
 
 _DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -39,6 +46,7 @@ def parallelize(net: nn.Module, cfg: LiteGenConfig, dims: ParallelDims, rank: in
     distributed = is_distributed() and dims.world_size > 1
     if distributed:
         apply_sequence_parallel(net, plan, dims, rank)
+    apply_memory(net, plan, memory_schedule(cfg, dims.sp, device, dims.world_size), device)
     fsdp = distributed and cfg.parallel.backend == "fsdp2"
     if fsdp:
         apply_fsdp(net, plan, dims.fsdp_mesh(), cfg.parallel, param_dtype(cfg, autocast),

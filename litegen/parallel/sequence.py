@@ -7,7 +7,9 @@ whole. Attention cores are swapped by kind (litegen/parallel/sp_cores.py): self-
 Ulysses, ring or 2D (Ulysses inside, ring across) attention, structured grid cores run under
 Ulysses, joint text+video cores keep the text whole; cross-attention and FIT's grouped cores are
 untouched. The stack's per-token output is all-gathered at the end. Layouts a family's cores
-cannot run are refused up front, naming the family, the core kind and why.
+cannot run are refused up front, naming the family, the core kind and why. Packed clips go
+through their own seam (ModelPlan.packed_token_stack) whose clip boundaries are made local to
+the rank's chunk (litegen/parallel/packed.py); they run under Ulysses only.
 
 Gradient contract: every rank of an SP group computes the same loss from the gathered output
 (same sample, noise and timestep), so the gather's backward keeps only this rank's slice and each
@@ -26,10 +28,11 @@ import torch
 from torch import Tensor, nn
 
 from litegen.config import ConfigError
-from litegen.models.attention import attention
+from litegen.models.attention import Varlen, attention
 from litegen.models.plan import ATTENTION_KINDS, ModelPlan, TokenStack
 from litegen.parallel import comm
 from litegen.parallel.dims import ParallelDims
+from litegen.parallel.packed import local_varlen
 from litegen.parallel.ring import ring_attention
 from litegen.parallel.sp_cores import parallel_core
 from litegen.parallel.ulysses import ulysses_attention
@@ -118,6 +121,20 @@ class SequenceParallelGroups:
         inner = self._ring_inner if self.ring_group is not None else _local_attention
         return ulysses_attention(q, k, v, self.ulysses_group, inner, key_valid)
 
+    def attend_packed(self, q: Tensor, k: Tensor, v: Tensor, varlen: Varlen) -> Tensor:
+        """Variable-length self-attention of the local chunk: `varlen` spans the whole padded
+        sequence (SP padding as its own clip), which is what Ulysses hands each rank per head."""
+        if self.ring_group is not None:
+            # A ring step holds one K/V chunk: clips straddle chunks, so each step would need its
+            # own block of the mask and the merge would have to skip fully masked rows.
+            raise ValueError("packed clips (variable-length attention) run under Ulysses only, "
+                             "not ring attention: use parallel.sp_ring=1")
+        padded = self.layout.padded if self.layout is not None else None
+        if padded is not None and sum(varlen.q_lens) != padded:
+            raise ValueError(f"packed self-attention boundaries cover {sum(varlen.q_lens)} tokens, the "
+                             f"sharded sequence {padded}: declare them in TokenStack.varlens as 'self'")
+        return ulysses_attention(q, k, v, self.ulysses_group, lambda q, k, v, _: attention(q, k, v, varlen=varlen))
+
     def _ring_inner(self, q, k, v, key_valid):
         # After the Ulysses exchange a rank holds ring chunk i (Ulysses peers' chunks, in order)
         # for its heads: the ring then runs over ranks that share those heads.
@@ -157,7 +174,12 @@ def _sharded_token_stack(stack, spec: TokenStack, groups: SequenceParallelGroups
         out_layout = layouts[spec.output]
         if spec.groups:
             bound.arguments[spec.groups] = out_layout.chunk // out_layout.unit  # groups held here
-        groups.layout = layouts[spec.attends]
+        attended = groups.layout = layouts[spec.attends]
+        start = attended.rank * attended.chunk
+        for name, kind in spec.varlens:
+            if bound.arguments.get(name) is not None:
+                bound.arguments[name] = local_varlen(bound.arguments[name], kind, attended.padded,
+                                                     start, start + attended.chunk)
         local = stack(*bound.args, **bound.kwargs)
         return gather_sequence(local, groups.sp_group, out_layout)
 
@@ -211,17 +233,19 @@ def apply_sequence_parallel(model: nn.Module, plan: ModelPlan, dims: ParallelDim
     cfg = getattr(model, "cfg", None)
     check_sequence_parallel(plan, dims, getattr(cfg, "family", type(model).__name__),
                             getattr(cfg, "num_heads", None))
-    stack = getattr(model, plan.token_stack.method, None)
-    if stack is None:
-        raise ValueError(f"{type(model).__name__} has no token-stack seam {plan.token_stack.method!r}; "
-                         "sequence parallelism needs one (see litegen/models/plan.py)")
+    stacks = [(spec, getattr(model, spec.method, None)) for spec in plan.token_stacks()]
+    for spec, stack in stacks:
+        if stack is None:
+            raise ValueError(f"{type(model).__name__} has no token-stack seam {spec.method!r}; "
+                             "sequence parallelism needs one (see litegen/models/plan.py)")
     groups = SequenceParallelGroups(dims, rank)
     for name, core, kind in list(plan.attention_seams(model)):
         replacement = parallel_core(kind, core, groups)
         if replacement is not None:
             _set_submodule(model, name, replacement)
     # An instance attribute shadows the class method: the model's forward calls the wrapper.
-    setattr(model, plan.token_stack.method, _sharded_token_stack(stack, plan.token_stack, groups))
+    for spec, stack in stacks:
+        setattr(model, spec.method, _sharded_token_stack(stack, spec, groups))
 
 
 def gradient_scale(dims: ParallelDims) -> float:

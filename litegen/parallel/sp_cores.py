@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from litegen.models.attention import attention
+from litegen.models.attention import Varlen, attention
 from litegen.parallel import comm
 from litegen.parallel.ring import ring_attention
 from litegen.parallel.ulysses import heads_to_seq, seq_to_heads
@@ -126,10 +126,13 @@ class SequenceParallelAttention(nn.Module):
         super().__init__()
         self.groups = groups
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None,
+                varlen: Optional[Varlen] = None) -> Tensor:
         if attn_mask is not None:
             raise ValueError("sequence-parallel self-attention takes no custom mask "
                              "(sequence padding is masked internally)")
+        if varlen is not None:  # packed clips: boundaries over the whole padded sequence
+            return self.groups.attend_packed(q, k, v, varlen)
         layout = self.groups.layout
         return self.groups.attend(q, k, v, layout.key_valid(q.device) if layout else None)
 

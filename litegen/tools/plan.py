@@ -8,11 +8,18 @@ training and prints the mesh, per-rank shapes, bytes per rank and tokens per ran
 overrides it takes `world_size=N`, `rank=R` (whose shards to report; default 0), `latent=CxTxHxW`
 (default: model.in_channels x 21 x 60 x 104, an 81-frame 480p clip through Wan's VAE) and
 `batch=B` (clips per rank, default data.batch_size). Exit code 2 on an invalid layout.
+
+Memory planner: with `gpu_mem_gib=G` it plans instead (litegen/parallel/planner.py): for each clip
+in `latent=CxTxHxW[,CxTxHxW...]` it chooses SP degree, checkpointing, offload and micro-batch (up
+to `max_batch`, default data.batch_size) so a step fits a GPU of G GiB, and prints them with the
+memory per rank and the overrides that apply them. Planner keys: `host_link_gb_s` (25),
+`gpu_tflops` (sustained per GPU, 400), `margin` (0.1), `text_len` (encoders.text.max_length).
+Exit code 2 when a clip cannot fit, with what to change.
 """
 
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -27,33 +34,38 @@ from litegen.parallel.ulysses import ulysses_bytes_per_rank
 _GIB = 2**30
 DEFAULT_LATENT_THW = (21, 60, 104)
 _PLAN_KEYS = ("world_size", "rank", "latent", "batch")
+_MEMORY_KEYS = ("gpu_mem_gib", "host_link_gb_s", "gpu_tflops", "margin", "max_batch", "text_len")
 
 
 @dataclass
 class PlanRequest:
     world_size: int
     rank: int
-    latent: Optional[tuple[int, int, int, int]]
+    latent: Optional[tuple[int, int, int, int]]  # the first of `latents`
     batch: Optional[int]
     overrides: list[str]
+    latents: list[tuple[int, int, int, int]] = field(default_factory=list)
+    memory: dict = field(default_factory=dict)  # planner keys given (gpu_mem_gib=... turns it on)
 
 
 def parse_args(argv: list[str]) -> PlanRequest:
     plan = {k: None for k in _PLAN_KEYS}
-    overrides = []
+    memory, overrides = {}, []
     for arg in argv:
         key, _, value = arg.partition("=")
         if key in plan:
             plan[key] = value
+        elif key in _MEMORY_KEYS:
+            memory[key] = float(value)
         else:
             overrides.append(arg)
     if plan["world_size"] is None:
         raise ConfigError([("world_size", "the dry run needs world_size=N (the ranks to plan for)")])
-    latent = tuple(int(n) for n in plan["latent"].split("x")) if plan["latent"] else None
-    if latent is not None and len(latent) != 4:
-        raise ConfigError([("latent", f"must be CxTxHxW, got {plan['latent']!r}")])
-    return PlanRequest(int(plan["world_size"]), int(plan["rank"] or 0), latent,
-                       int(plan["batch"]) if plan["batch"] else None, overrides)
+    latents = [tuple(int(n) for n in one.split("x")) for one in plan["latent"].split(",")] if plan["latent"] else []
+    if any(len(latent) != 4 for latent in latents):
+        raise ConfigError([("latent", f"must be CxTxHxW (or several, comma-separated), got {plan['latent']!r}")])
+    return PlanRequest(int(plan["world_size"]), int(plan["rank"] or 0), latents[0] if latents else None,
+                       int(plan["batch"]) if plan["batch"] else None, overrides, latents, memory)
 
 
 def compose_for_plan(overrides: list[str]) -> LiteGenConfig:
@@ -187,12 +199,20 @@ def plan(request: PlanRequest) -> list[str]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     try:
-        lines = plan(parse_args(sys.argv[1:] if argv is None else argv))
+        request = parse_args(sys.argv[1:] if argv is None else argv)
+        lines = memory_plan(request) if "gpu_mem_gib" in request.memory else plan(request)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print("\n".join(lines))
     return 0
+
+
+def memory_plan(request: PlanRequest) -> list[str]:
+    """The planner's choice per clip (see the module docstring)."""
+    from litegen.tools.memory_report import plan_lines
+
+    return plan_lines(compose_for_plan(request.overrides), request)
 
 
 if __name__ == "__main__":

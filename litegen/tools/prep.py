@@ -30,7 +30,6 @@ from typing import Any, Iterator, Optional
 import av
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from litegen.config.errors import DataValueError, UserError, user_message
 from litegen.data.buckets import Shape, nearest_bucket
@@ -38,6 +37,7 @@ from litegen.data.decode import fit_clip, to_unit_range
 from litegen.data.shards import INDEX_NAME, ShardWriter
 from litegen.data.video_io import encode_mp4_bytes
 from litegen.encoders.base import DTYPES
+from litegen.train.console import Progress
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif")
 PROGRESS = ".prep-progress.json"
@@ -240,7 +240,8 @@ def run_prep(items: list[Item], out: Path, options: Options, workers: int = 0, s
     writer = ShardWriter(out, max_samples_per_shard, info=info, max_bytes_per_shard=int(shard_size_mb * 2**20),
                          done_shards=state["shards"], on_shard=shard_done)
     todo = items[state["next_input"]:]
-    with writer, tqdm(total=len(items), initial=state["next_input"], desc="prep", unit="clip") as bar:
+    with writer, Progress(len(items), "prep", "clips", initial=state["next_input"], stream=sys.stderr,
+                          plain_steps=10) as bar:
         for result in _results(todo, options, workers):
             if "skip" in result:
                 skipped.append({"index": result["index"], "input": items[result["index"]].path,

@@ -35,7 +35,9 @@ def model_inputs(run, batch: dict) -> tuple[dict, Latents]:
     """
     device = run.dist.device
     if batch.get("packed") and run.dims.dp > 1:
-        batch = rebalance_packed(batch, batch["token_budget"], device)
+        # Over data-parallel ranks only: SP peers hold the same pack, and each dp group of peers
+        # (one per SP rank) computes the same plan from the same packs.
+        batch = rebalance_packed(batch, batch["token_budget"], device, run.dims.group("dp"))
     clips = encode_pixels(run.video_encoder, batch["pixels"], device) if "pixels" in batch else batch["latents"]
     if batch.get("packed"):
         return batch, pack_clips([c.to(device, non_blocking=True) for c in clips], run.cfg.model.patch_size)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from litegen.parallel.distributed import DistInfo, all_reduce_sum
+from litegen.train.memstats import peak_memory_gib
 
 
 @dataclass
@@ -54,20 +55,28 @@ class Meter:
         w = self.window
         w.loss_sum, w.micro_batches, w.samples, w.tokens, w.flops = mark
 
-    def summary(self, step: int, lr: float, grad_norm: float) -> dict[str, Any]:
-        """Reduce the window over the group (one collective) and turn it into a metrics record."""
+    def summary(self, step: int, lr: float, grad_norm: float,
+                data_skipped: Optional[int] = None) -> dict[str, Any]:
+        """Reduce the window over the group and turn it into a metrics record.
+
+        data_skipped: samples this rank's loader has skipped so far (None: it does not count).
+        """
         w = self.window
         elapsed = max(time.perf_counter() - w.start, 1e-9)
-        loss_sum, micro, samples, tokens, flops = all_reduce_sum(
-            [float(w.loss_sum), w.micro_batches, w.samples, w.tokens, w.flops], self.dist.device,
-            self.group)
+        sums = [float(w.loss_sum), w.micro_batches, w.samples, w.tokens, w.flops]
+        if data_skipped is not None:
+            sums.append(data_skipped)
+        loss_sum, micro, samples, tokens, flops, *skipped = all_reduce_sum(sums, self.dist.device, self.group)
         tflops_per_device = flops / elapsed / self.dist.world_size / 1e12
         record = {
             "step": step, "loss": loss_sum / max(micro, 1), "lr": lr, "grad_norm": grad_norm,
             "step_time_s": elapsed / max(w.steps, 1), "samples_per_s": samples / elapsed,
             "tokens_per_s": tokens / elapsed, "tflops_per_device": tflops_per_device,
             "mfu": tflops_per_device / self.peak_tflops if self.peak_tflops else None,
+            "mem_peak_gib": peak_memory_gib(self.dist.device),
         }
+        if skipped:
+            record["data_skipped"] = int(skipped[0])
         w.reset()
         return record
 
@@ -79,6 +88,8 @@ class MetricsWriter:
         self.path = run_dir / "metrics.jsonl"
         self.enabled = dist_info.is_main
         self.wandb_run = None
+        self.wandb_path: Optional[Path] = None  # this process's wandb run folder (offline-run-...)
+        self.wandb_url: Optional[str] = None
         if self.enabled:
             _truncate_after(self.path, resume_step)
 
@@ -90,8 +101,12 @@ class MetricsWriter:
         id_file = run_dir / "wandb_id.txt"
         run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id)
+        # silent: our own start/end summaries say where the run is and how to upload it.
         self.wandb_run = wandb.init(project=project, name=name, id=run_id, resume="allow",
-                                    dir=str(run_dir), mode=mode, config=config)
+                                    dir=str(run_dir), mode=mode, config=config,
+                                    settings=wandb.Settings(silent=True))
+        self.wandb_path = Path(self.wandb_run.dir).parent
+        self.wandb_url = self.wandb_run.url  # None offline
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -107,9 +122,12 @@ class MetricsWriter:
 
             self.wandb_run.log({"sample": wandb.Video(str(path), caption=caption)}, step=step)
 
-    def close(self) -> None:
+    def close(self, preempted: bool = False) -> None:
         if self.wandb_run is not None:
-            self.wandb_run.finish()
+            if preempted:
+                self.wandb_run.mark_preempting()  # the UI shows it as pre-empted, not crashed
+            self.wandb_run.finish(exit_code=75 if preempted else 0)
+            self.wandb_run = None
 
 
 def _truncate_after(path: Path, step: int) -> None:

@@ -1,6 +1,7 @@
 """Generate a viewable clip from the (EMA) weights: prompts -> latents -> pixels -> GIF/MP4."""
 
 import math
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +12,7 @@ from torch import nn
 from litegen.config import SampleConfig
 from litegen.data.video_io import tile_clips, upscale_nearest, write_video
 from litegen.train.conditioning import encode_captions
+from litegen.train.console import Progress
 
 MIN_VIEW_PX = 256  # tiny clips are upscaled (nearest) so a 32-pixel clip is viewable
 
@@ -41,21 +43,39 @@ def save_clip_grid(pixels: torch.Tensor, path: Path, fps: int) -> Path:
     return path
 
 
+@contextmanager
+def evaluation_progress(net: nn.Module, enabled: bool):
+    """A live count of the network's forward calls while sampling (a terminal only).
+
+    Counted with a forward hook, since samplers differ in calls per step (CFG batching, Heun).
+    """
+    progress = Progress(total=None, desc="sampling", unit="eval", enabled=enabled)
+    handle = net.register_forward_hook(lambda *_: progress.update())
+    try:
+        yield progress
+    finally:
+        handle.remove()
+        progress.close()
+
+
 def generate_sample(net: nn.Module, objective, video_encoder, text_encoder, cfg: SampleConfig,
-                    device: torch.device, out_dir: Path, step: int, write: bool = True) -> Optional[Path]:
+                    device: torch.device, out_dir: Path, step: int, write: bool = True,
+                    name: Optional[str] = None) -> Optional[Path]:
     """Sample one clip per prompt, tile them into one video, write it and the prompts beside it.
 
     write=False only takes part in the sampling (ranks that share sharded weights) and returns None.
+    The file is out_dir/<name or step-NNNNNNN>.<format>.
     """
     was_training = net.training
     net.eval()
     try:
-        latents = sample_latents(net, objective, video_encoder, text_encoder, cfg, device)
+        with evaluation_progress(net, enabled=write):
+            latents = sample_latents(net, objective, video_encoder, text_encoder, cfg, device)
     finally:
         net.train(was_training)
     if not write:
         return None
     pixels = video_encoder.decode(latents)
-    path = save_clip_grid(pixels, out_dir / f"step-{step:07d}.{cfg.format}", cfg.fps)
+    path = save_clip_grid(pixels, out_dir / f"{name or f'step-{step:07d}'}.{cfg.format}", cfg.fps)
     path.with_suffix(".txt").write_text("".join(p + "\n" for p in cfg.prompts))
     return path

@@ -20,6 +20,7 @@ from litegen.objectives import Cond, build_objective
 from litegen.parallel.dims import ParallelDims
 from litegen.parallel.distributed import DistInfo, barrier, is_distributed
 from litegen.parallel.parallelize import build_steps, parallelize, unwrap
+from litegen.parallel.planner import auto_layout
 from litegen.parallel.sequence import check_sequence_parallel, gradient_scale
 from litegen.train.checkpoint import Checkpointer
 from litegen.train.conditioning import encode_captions
@@ -28,6 +29,7 @@ from litegen.train.ema import EMA
 from litegen.train.lr import build_scheduler
 from litegen.train.metrics import Meter, MetricsWriter
 from litegen.train.mfu import peak_tflops
+from litegen.train.preemption import Preemption
 from litegen.train.nonfinite import NonFiniteGuard
 from litegen.train.watchdog import Watchdog
 from litegen.tools.convert import load_converted
@@ -57,6 +59,7 @@ class Run:
     metrics: Optional[MetricsWriter] = None
     peak_source: str = ""
     step: int = 0  # optimizer steps completed
+    preemption: Optional[Preemption] = None  # set by main: stop, checkpoint and requeue on a signal
     nonfinite: Optional[NonFiniteGuard] = None  # decides, on every rank alike, whether to apply a step
     watchdog: Optional[Watchdog] = None  # ends the job when a phase of the loop stalls
 
@@ -176,6 +179,7 @@ def build_optimizer(model: nn.Module, cfg: LiteGenConfig) -> torch.optim.Optimiz
 
 
 def build_run(cfg: LiteGenConfig, run_dir: Path, dist_info: DistInfo) -> Run:
+    cfg = auto_layout(cfg, dist_info.world_size, dist_info.device)  # parallel.memory=auto: SP degree
     dims = build_dims(cfg, dist_info)
     device = dist_info.device
     video_encoder = build_video_encoder(cfg.encoders.video, device=device)

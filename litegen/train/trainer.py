@@ -12,6 +12,7 @@ from litegen.parallel.distributed import barrier
 from litegen.train import console, faults
 from litegen.train.batches import batch_work, model_inputs
 from litegen.train.conditioning import batch_cond
+from litegen.train.console import Progress
 from litegen.train.rng import micro_batch_generator
 from litegen.train.setup import Run
 from litegen.train.sampling import generate_sample
@@ -82,16 +83,25 @@ def update(run: Run, loss_sum: torch.Tensor, mark: tuple) -> torch.Tensor:
     return grad_norm if grad_norm is not None else after  # DeepSpeed: known after the step
 
 
-def log_step(run: Run, grad_norm: torch.Tensor, started: tuple[float, int]) -> None:
+def data_skipped(loader) -> Optional[int]:
+    """Samples the loader skipped so far on this rank, if it counts them (`skip_counts()`)."""
+    counts = getattr(loader, "skip_counts", None)
+    return sum(counts().values()) if counts is not None else None
+
+
+def log_step(run: Run, grad_norm: torch.Tensor, started: tuple[float, int],
+             progress: Progress) -> None:
     # Non-finite steps were stopped or skipped before the update (train_step); a skipped one
     # logs no grad norm.
     norm = float(grad_norm)
-    record = run.meter.summary(run.step, run.scheduler.get_last_lr()[0], norm if math.isfinite(norm) else None)
+    record = run.meter.summary(run.step, run.scheduler.get_last_lr()[0], norm if math.isfinite(norm) else None,
+                               data_skipped(run.loader))
     run.metrics.write(record)
-    if run.dist.is_main:
-        start_time, start_step = started
-        rate = (time.perf_counter() - start_time) / max(run.step - start_step, 1)
-        console.say(console.progress_line(record, run.cfg.train.steps, rate * (run.cfg.train.steps - run.step)))
+    start_time, start_step = started
+    rate = (time.perf_counter() - start_time) / max(run.step - start_step, 1)
+    line = console.progress_line(record, run.cfg.train.steps, rate * (run.cfg.train.steps - run.step))
+    progress.write(line)
+    progress.set_postfix(f"loss {record['loss']:.4f}")
 
 
 def announce_stage(run: Run, previous):
@@ -110,8 +120,20 @@ def save_checkpoint(run: Run) -> Path:
     return run.checkpointer.save(run.step, run.checkpoint_state())
 
 
-def train(run: Run) -> None:
+def ensure_checkpoint(run: Run) -> Path:
+    """The checkpoint of the current step, written unless it already is, and on disk with its
+    marker (an async save of it still being written is waited for) before the caller exits."""
+    latest = run.checkpointer.latest()
+    path = latest[1] if latest is not None and latest[0] == run.step else save_checkpoint(run)
+    run.checkpointer.wait()
+    return path
+
+
+def train(run: Run, progress: Optional[Progress] = None) -> bool:
+    """Train to train.steps. False: a pre-emption signal stopped it at a step boundary, after
+    writing that step's checkpoint (the caller exits with REQUEUE_EXIT_CODE)."""
     cfg = run.cfg.train
+    progress = progress or Progress(None, "train", "step", enabled=False)
     batches = iter(run.loader)
     started = (time.perf_counter(), run.step)
     stage = None
@@ -119,17 +141,28 @@ def train(run: Run) -> None:
         while run.step < cfg.steps:
             stage = announce_stage(run, stage)
             grad_norm = train_step(run, batches)
+            progress.update()
             run.checkpointer.poll()  # marks a finished background save complete
             if run.step % cfg.log_every_steps == 0 or run.step == cfg.steps:
-                log_step(run, grad_norm, started)
+                log_step(run, grad_norm, started, progress)
             if run.step % cfg.ckpt_every_steps == 0 or run.step == cfg.steps:
                 save_checkpoint(run)
+            if cfg.sample_every_steps and run.step % cfg.sample_every_steps == 0 and run.step < cfg.steps:
+                write_sample(run)  # the last step's sample is the end-of-run one
+            if run.preemption is not None and run.preemption.agreed_stop():
+                ensure_checkpoint(run)
+                return False
         run.phase("checkpoint")
         run.checkpointer.wait()  # the last background save is on disk and marked before we go on
+    return True
 
 
 def sample_at_end(run: Run) -> Optional[Path]:
-    """Render the sample clip from the EMA weights; rank 0 writes it.
+    return write_sample(run)
+
+
+def write_sample(run: Run) -> Optional[Path]:
+    """Render samples/step-N.<gif|mp4> from the EMA weights; rank 0 writes it and logs it to wandb.
 
     Every rank runs the sampler: sharded weights and sequence parallelism make each forward a
     collective (and all ranks draw the same noise, so they compute the same clip).

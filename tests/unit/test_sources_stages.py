@@ -109,7 +109,9 @@ def test_a_stage_matching_no_sample_fails_instead_of_hanging(two_sets):
     (["data.bad_sample=ignore"], "data.bad_sample", "must be one of"),
     (["+data.sources=[{shards:a.tar,weight:0}]"], "data.sources[0].weight", "must be > 0"),
     (["data.pack_fill=1.5"], "data.pack_fill", "(0, 1]"),
-    (["data.token_budget=4096", "parallel.sp_ulysses=2"], "data.token_budget", "sequence parallelism"),
+    (["data.token_budget=4096", "parallel.sp_ring=2"], "parallel.sp_ring", "Ulysses sequence parallelism only"),
+    (["data.token_budget=4096", "parallel.sp_ring=2", "parallel.sp_ulysses=2"], "parallel.sp_ring",
+     "use parallel.sp_ring=1 with parallel.sp_ulysses=4"),
 ])
 def test_data_config_mistakes_name_their_field(overrides, field, message):
     with pytest.raises(ConfigError) as err:
