@@ -2,10 +2,13 @@
 
 `LITEGEN_FAULTS="nan:1:3,sleep:1:3:600"`: `nan:RANK:STEP` makes that rank's loss non-finite at
 that step (it flows through backward like a real overflow); `sleep:RANK:STEP:SECONDS` stalls that
-rank in the data phase of that step (a hung filesystem read). Steps count from 1.
+rank in the data phase of that step (a hung filesystem read); `kill:RANK:STEP` SIGKILLs that rank
+in the data phase of that step, on the first attempt of a torchrun job only (a lost node, not a
+bug that would recur after `--max-restarts`). Steps count from 1.
 """
 
 import os
+import signal
 import sys
 import time
 from functools import lru_cache
@@ -36,3 +39,10 @@ def stall(rank: int, step: int) -> None:
         print(f"fault: rank {rank} sleeps {seconds:g} s in the data phase of step {step} "
               f"at {time.time():.3f}", file=sys.stderr, flush=True)
         time.sleep(seconds)
+
+
+def kill(rank: int, step: int) -> None:
+    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+    if _active("kill", rank, step) and first_attempt:
+        print(f"fault: rank {rank} is killed (SIGKILL) at step {step}", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)

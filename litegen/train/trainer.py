@@ -63,6 +63,7 @@ def next_batch(run: Run, batches: Iterator[dict]) -> dict:
     """The next micro-batch, inside the watchdog's `data` phase."""
     run.phase("data")
     faults.stall(run.dist.rank, run.step + 1)
+    faults.kill(run.dist.rank, run.step + 1)
     batch = next(batches)
     run.phase("forward_backward")
     return batch
