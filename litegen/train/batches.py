@@ -1,10 +1,12 @@
 """From a loader batch to model inputs: balance packs across ranks, encode raw clips, pack tokens."""
 
+import math
 from typing import Union
 
 import torch
 
 from litegen.models import train_flops_per_sample
+from litegen.models.embeddings import token_grid
 from litegen.models.packed import PackedClips, pack_clips
 from litegen.parallel.rebalance import rebalance_packed
 
@@ -50,7 +52,7 @@ def batch_work(model_cfg, latents: Latents, text_len: int) -> tuple[int, int, fl
         shapes = latents.clip_shapes()
     else:
         shapes = [tuple(latents.shape[1:])] * latents.shape[0]
-    patch = model_cfg.patch_size
-    tokens = sum((t // patch[0]) * (h // patch[1]) * (w // patch[2]) for _, t, h, w in shapes)
+    patch = tuple(model_cfg.patch_size)
+    tokens = sum(math.prod(token_grid(shape[1:], patch)) for shape in shapes)
     flops = sum(train_flops_per_sample(model_cfg, shape, text_len) for shape in shapes)
     return len(shapes), tokens, flops
