@@ -6,7 +6,11 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
-node_ready() { sinfo -h -o %T 2>/dev/null | grep -Eqx 'idle|mixed|allocated'; }
+# getconf, not nproc: nproc obeys OMP_NUM_THREADS, and a test run with OMP_NUM_THREADS=1 once
+# declared a 1-CPU node, on which every 2-task job pends forever (Reason=PartitionConfig).
+cpus=$(getconf _NPROCESSORS_ONLN)
+node_state() { sinfo -h -o %T 2>/dev/null | grep -Eqx 'idle|mixed|allocated'; }
+node_ready() { node_state && [ "$(sinfo -h -o %c 2>/dev/null | head -1)" = "$cpus" ]; }
 
 if command -v sinfo >/dev/null && node_ready; then
   echo "slurm: already running"; sinfo; exit 0
@@ -26,7 +30,6 @@ pgrep -u munge -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged
 munge -n | unmunge >/dev/null
 
 host=$(hostname -s)
-cpus=$(nproc)
 mem_mb=$(( $(awk '/^MemTotal:/{print $2}' /proc/meminfo) / 1024 * 9 / 10 ))
 install -d -o slurm -g slurm /var/spool/slurmctld /var/log/slurm
 install -d /var/spool/slurmd /run/slurm /etc/slurm
@@ -60,6 +63,11 @@ NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
 CONF
 
+# Daemons running with another node description (a CPU count that changed): restart them.
+if pgrep -x slurmctld >/dev/null && ! node_ready; then
+  pkill -x slurmd || true; pkill -x slurmctld || true
+  for _ in $(seq 30); do pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || break; sleep 1; done
+fi
 pgrep -x slurmctld >/dev/null || /usr/sbin/slurmctld
 pgrep -x slurmd >/dev/null || /usr/sbin/slurmd
 for _ in $(seq 60); do node_ready && break; sleep 1; done

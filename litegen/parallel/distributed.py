@@ -28,6 +28,46 @@ def pick_device(local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def attempt_prefix() -> str:
+    """A store-key prefix unique to this torchrun attempt ("" where none is needed).
+
+    torchrun's agent keeps one TCP store for all restarts of a job (TORCHELASTIC_USE_AGENT_STORE)
+    and never clears it, so a restarted worker can read a key its dead predecessor wrote, e.g. a
+    peer address for gloo's connectFullMesh, and time out connecting to it (pytorch#135712).
+    On one node every worker of an attempt has the same TORCHELASTIC_RESTART_COUNT, so it names
+    the attempt. Across nodes the counts can differ (an agent that restarts because another
+    node failed does not count it); there launch/torchrun.sh gives each attempt a fresh store
+    instead (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1) and no prefix is used.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return ""
+    if os.environ.get("LOCAL_WORLD_SIZE") != os.environ.get("WORLD_SIZE"):
+        return ""
+    return f"litegen/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+
+
+def warn_if_restarts_share_store() -> None:
+    multi_node = os.environ.get("LOCAL_WORLD_SIZE") != os.environ.get("WORLD_SIZE")
+    if (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and multi_node
+            and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0):
+        print("warning: torchrun --max-restarts across nodes with the agent's shared store can "
+              "hand a restarted worker a dead worker's address (pytorch#135712); launch with "
+              "launch/torchrun.sh or set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for torchrun",
+              file=sys.stderr, flush=True)
+
+
+def job_store(timeout_s: float, wait_for_workers: bool = True):
+    """A client of the job's c10d store (torchrun's agent or rank 0 hosts it), keys scoped to
+    this attempt; None in a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or "MASTER_ADDR" not in os.environ:
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          is_master=False, timeout=timedelta(seconds=timeout_s),
+                          wait_for_workers=wait_for_workers)
+    prefix = attempt_prefix()
+    return dist.PrefixStore(prefix, store) if prefix else store
+
+
 def init_distributed(dist_backend: str = "auto", timeout_s: int = 600) -> DistInfo:
     """Join the process group torchrun/slurm set up through env vars; a single process skips it."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -36,9 +76,14 @@ def init_distributed(dist_backend: str = "auto", timeout_s: int = 600) -> DistIn
     device = pick_device(local_rank)
     if world_size > 1 and not dist.is_initialized():
         backend = dist_backend if dist_backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
+        warn_if_restarts_share_store()
+        # Our own store client only where torchrun's needs its keys scoped to the attempt.
+        store = job_store(timeout_s) if attempt_prefix() else None
         # A finite timeout turns a dead peer into an error instead of gloo's 30-minute wait.
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s),
-                                device_id=device if device.type == "cuda" else None)
+                                device_id=device if device.type == "cuda" else None,
+                                store=store, rank=rank if store else -1,
+                                world_size=world_size if store else -1)
     return DistInfo(rank, world_size, local_rank, device)
 
 

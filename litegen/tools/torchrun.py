@@ -10,6 +10,9 @@ launch/torchrun.sh runs the trainer through this. Two things differ from plain t
 - When every failed worker exited with REQUEUE_EXIT_CODE (checkpoint written, please requeue),
   this exits with that code as well, which launch/slurm.sbatch turns into `scontrol requeue`.
   Plain torchrun reports every worker failure as exit code 1.
+- Each restart attempt (`--max-restarts`) gets a fresh c10d store hosted by its rank 0, instead of
+  the agent's one store for all attempts, where a restarted worker can read a dead worker's
+  address (pytorch#135712; on one node litegen.parallel.distributed also scopes keys per attempt).
 """
 
 import os
@@ -60,6 +63,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     from torch.distributed.run import main as torchrun_main
 
     argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     for sig in parse_signals(DEFAULT_SIGNALS):
         signal.signal(sig, forward_to_workers)
     try:

@@ -15,10 +15,9 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from datetime import timedelta
 from typing import Iterator, Optional
 
-from litegen.parallel.distributed import DistInfo
+from litegen.parallel.distributed import DistInfo, job_store
 
 HANG_EXIT_CODE = 124  # as timeout(1): the job did not finish in time
 PHASES = ("data", "forward_backward", "optimizer", "checkpoint")
@@ -26,14 +25,9 @@ _KEY = "litegen/watchdog/rank{}"
 
 
 def _store(timeout_s: float):
-    """A client of the job's TCP store (torchrun's or rank 0's), if there is a job."""
-    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or "MASTER_ADDR" not in os.environ:
-        return None
-    from torch.distributed import TCPStore
-
+    """A client of the job's store (torchrun's or rank 0's), if there is a job."""
     try:
-        return TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                        timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
+        return job_store(timeout_s, wait_for_workers=False)
     except Exception:  # the watchdog still guards this rank without its peers' view
         return None
 
