@@ -30,7 +30,14 @@ class NonFiniteGuard:
     def __init__(self, policy: str, max_consecutive: int, dist_info: DistInfo):
         self.policy, self.max_consecutive, self.dist = policy, max_consecutive, dist_info
         self.consecutive = 0
-        self.skipped_total = 0  # this process's count (not checkpointed: a restart starts at 0)
+        self.skipped_total = 0
+
+    # Checkpointed, so a restart inside a run of bad steps still stops after max_consecutive.
+    def state_dict(self) -> dict[str, int]:
+        return {"consecutive": self.consecutive, "skipped_total": self.skipped_total}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.consecutive, self.skipped_total = int(state["consecutive"]), int(state["skipped_total"])
 
     def allows_update(self, step: int, loss_sum: torch.Tensor, grad_norm: Optional[torch.Tensor]) -> bool:
         """True: apply the update of `step`. False (skip): drop it. Raises under `stop`. Collective."""

@@ -86,6 +86,8 @@ class Run:
                  "lr_schedule": self.scheduler, "trainer": Progress(self),
                  "data": LoaderCheckpoint(self.loader),
                  f"rng.rank{self.dist.rank}": RngState()}
+        if self.nonfinite is not None:
+            state["nonfinite"] = self.nonfinite
         if self.ema is not None:
             state[f"ema.rank{self.dist.rank}" if self.ema.per_rank else "ema"] = self.ema
         return state
@@ -227,6 +229,8 @@ def resume_if_possible(run: Run) -> Optional[Path]:
         # Resuming on more ranks than saved: this rank's global RNG starts fresh; per-step
         # randomness is derived from (seed, rank, step) and needs no saved state.
         del state[rng_key]
+    if "nonfinite" in state and not any(key.startswith("nonfinite.") for key in saved):
+        del state["nonfinite"]  # a checkpoint from before the guard was checkpointed
     run.checkpointer.load(path, state)
     return path
 

@@ -11,6 +11,7 @@ import torch
 
 from litegen.parallel.distributed import DistInfo
 from litegen.train import faults
+from litegen.train.checkpoint import Checkpointer
 from litegen.train.nonfinite import NonFiniteError, NonFiniteGuard
 from litegen.train.watchdog import HANG_EXIT_CODE, laggards
 
@@ -36,6 +37,18 @@ def test_guard_skip_counts_consecutive_and_resets():
     with pytest.raises(NonFiniteError, match="2 consecutive steps skipped"):
         guard.allows_update(4, nan, nan)
     assert guard.skipped_total == 3
+
+
+def test_guard_resumed_from_a_checkpoint_keeps_counting_the_run(tmp_path):
+    guard = NonFiniteGuard("skip", 3, SINGLE)
+    nan, one = torch.tensor(float("nan")), torch.tensor(1.0)
+    assert not guard.allows_update(1, nan, one) and not guard.allows_update(2, nan, one)
+    path = Checkpointer(tmp_path, keep_last_k=0, dist_info=SINGLE).save(2, {"nonfinite": guard})
+    resumed = NonFiniteGuard("skip", 3, SINGLE)
+    Checkpointer(tmp_path, keep_last_k=0, dist_info=SINGLE).load(path, {"nonfinite": resumed})
+    assert (resumed.consecutive, resumed.skipped_total) == (2, 2)
+    with pytest.raises(NonFiniteError, match="3 consecutive steps skipped"):
+        resumed.allows_update(3, nan, one)  # the third in a row, across the restart
 
 
 def test_guard_without_a_norm_checks_the_loss():  # DeepSpeed: the norm comes after the step
