@@ -19,7 +19,7 @@
      padded to the longest clip of the batch. Target: <= 2%.
    * rank imbalance: max/mean over ranks of sum(s_i^2) per step, mean over steps, for a naive
      first-fit packer, our packer alone, and our packer + the cross-rank clip exchange the
-     trainer does (litegen.data.packing.balance_clips). Target <= 1.05 (the last).
+     trainer does (litegen.data.balance.balance_clips). Target <= 1.05 (the last).
 
     python benchmarks/data.py [--clips 1024] [--workers 2] [--repeats 3] [--ranks 8] [--steps 40]
 """
@@ -41,7 +41,8 @@ from litegen.config.schema import DataConfig, SyntheticDataConfig, VideoEncoderC
 from litegen.data.buckets import TokenGeometry
 from litegen.data.generate import generate_synthetic_dataset
 from litegen.data.loader import build_loader
-from litegen.data.packing import balance_clips, first_fit_pack, pack_cost
+from litegen.data.balance import balance_clips
+from litegen.data.packing import first_fit_pack, pack_cost
 from litegen.data.shards import decode_latent
 from litegen.encoders import build_video_encoder
 
@@ -206,8 +207,15 @@ def imbalance(steps: list[list[list[int]]]) -> tuple[float, float]:
     return float(np.mean(ratios)), float(np.max(ratios))
 
 
-def balanced(steps: list[list[list[int]]], budget: int) -> list[list[list[int]]]:
-    return [[[step[r][i] for r, i in rank] for rank in balance_clips(step, budget)] for step in steps]
+def balanced(steps: list[list[list[int]]], budget: int) -> tuple[list[list[list[int]]], float]:
+    """The steps after the cross-rank exchange, and the median time of one plan (ms)."""
+    out, times = [], []
+    for step in steps:
+        start = time.perf_counter()
+        plan = balance_clips(step, budget)
+        times.append((time.perf_counter() - start) * 1000)
+        out.append([[step[r][i] for r, i in rank] for rank in plan])
+    return out, statistics.median(times)
 
 
 def padded_batches(shards: str, batch: int, count: int) -> float:
@@ -221,23 +229,32 @@ def padded_batches(shards: str, batch: int, count: int) -> float:
     return 1 - real / padded
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def packing_args(parser: argparse.ArgumentParser) -> None:
+    """The data and packing options this benchmark shares with balance_optimum.py."""
     parser.add_argument("--clips", type=int, default=1024)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--ranks", type=int, default=8)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--token-budget", type=int, default=8192)
+
+
+def render_shards(folder: Path, clips: int) -> str:
+    """The benchmark's clips (SHAPES) as shards of 64 in `folder`; returns their glob."""
+    synth = SyntheticDataConfig(num_clips=clips, clips_per_shard=64, shapes=SHAPES)
+    generate_synthetic_dataset(synth, folder, build_video_encoder(VideoEncoderConfig()))
+    return str(folder / "shard-*.tar")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    packing_args(parser)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "bench"
-        synth = SyntheticDataConfig(num_clips=args.clips, clips_per_shard=64, shapes=SHAPES)
-        generate_synthetic_dataset(synth, folder, build_video_encoder(VideoEncoderConfig()))
-        shards = str(folder / "shard-*.tar")
+        shards = render_shards(Path(tmp) / "bench", args.clips)
         print(f"data: {args.clips} clips in {args.clips // 64} shards, shapes {SHAPES}")
 
         loaders = [("ours", ours), ("naive", naive), ("indexed", indexed), ("webdataset", plain_wds)]
@@ -258,7 +275,7 @@ def main() -> None:
         print(f"  ours / webdataset {med['ours'][0] / med['webdataset'][0]:.2f}x  (target >= 1.0)")
 
         ours_steps = packed_steps(shards, args.ranks, args.steps, args.token_budget)
-        fair = balanced(ours_steps, args.token_budget)
+        fair, plan_ms = balanced(ours_steps, args.token_budget)
         naive_steps = first_fit_steps(shards, args.ranks, args.steps, args.token_budget)
         used = np.mean([sum(p) / args.token_budget for step in fair for p in step])
         print(f"\npacking ({args.ranks} ranks x {args.steps} steps, token budget {args.token_budget}):")
@@ -269,7 +286,8 @@ def main() -> None:
         for name, steps in (("naive first-fit", naive_steps), ("ours, packer only", ours_steps),
                             ("ours + cross-rank exchange", fair)):
             mean, worst = imbalance(steps)
-            print(f"  rank imbalance max/mean sum(s^2): {name:27s} mean {mean:.3f}  worst step {worst:.3f}")
+            print(f"  rank imbalance max/mean sum(s^2): {name:27s} mean {mean:.4f}  worst step {worst:.4f}")
+        print(f"  balance_clips: {plan_ms:.1f} ms per plan (median over steps, {args.ranks} ranks)")
         print("  (target <= 1.05 for ours + cross-rank exchange, which is what the trainer runs)")
 
 

@@ -7,10 +7,10 @@ linear layers ~ sum(s_i) and attention ~ sum(s_i^2).
 Two steps keep data-parallel ranks balanced on attention cost, not only on tokens:
 * each rank's loader fills its pack (choose_pack) steering towards one cost per token, the
   token-weighted mean clip length of its pool, so packs are alike and the pool keeps its mix;
-* at every micro-step the ranks exchange clips (litegen/parallel/rebalance.py) as balance_clips
-  decides from everyone's clip sizes: largest attention cost first, to the cheapest rank with
-  token room. Packs of few large clips can differ a lot in sum(s_i^2) however well each is
-  filled; only moving clips between ranks evens that out.
+* at every micro-step the ranks exchange clips (litegen/parallel/rebalance.py) as
+  litegen.data.balance.balance_clips decides from everyone's clip sizes. Packs of few large
+  clips can differ a lot in sum(s_i^2) however well each is filled; only moving clips between
+  ranks evens that out.
 """
 
 from collections import Counter
@@ -69,86 +69,3 @@ def ready_bucket(buckets: Sequence[Hashable], batch_size: int) -> Optional[Hasha
 def pack_cost(tokens: Sequence[int]) -> tuple[int, int]:
     """(tokens, attention cost sum(s_i^2)) of one pack."""
     return int(sum(tokens)), int(sum(s * s for s in tokens))
-
-
-def balance_clips(tokens: Sequence[Sequence[int]], budget: int, max_moves: int = 256,
-                  partners: int = 8) -> list[list[tuple[int, int]]]:
-    """Deal clips out to ranks so their attention costs sum(s_i^2) are as even as possible.
-
-    tokens[r][i]: tokens of clip i of rank r. Returns, per rank, the (rank, index) of the clips it
-    takes. First LPT (costliest clip first, to the cheapest rank with room under `budget`); if
-    that cannot keep every rank under budget, the clips stay where they are (a layout the budget
-    allows, and kept unless LPT lowers the peak). Then rounds of local search: the costliest rank makes the one move or swap with one
-    of the `partners` cheapest ranks that lowers the larger of the two costs most, never past
-    `budget`, until none helps. Pure and deterministic: every rank computes the same answer.
-    """
-    size = [[int(s) for s in row] for row in tokens]
-    held = [[(r, i) for i in range(len(row))] for r, row in enumerate(size)]
-    dealt = _lpt(size, budget)
-    if dealt is not None and _peak(dealt, size) < _peak(held, size):  # move clips only when it pays
-        held = dealt
-    cost = [sum(size[r][i] ** 2 for r, i in clips) for clips in held]
-    used = [sum(size[r][i] for r, i in clips) for clips in held]
-    for _ in range(max_moves):
-        hi = max(range(len(held)), key=lambda d: (cost[d], -d))
-        move = _best_move(hi, held, size, cost, used, budget, partners)
-        if move is None:
-            break
-        _apply(hi, *move, held, size, cost, used)
-    return [sorted(clips) for clips in held]
-
-
-def _peak(held: list[list[tuple[int, int]]], size: list[list[int]]) -> int:
-    return max(sum(size[r][i] ** 2 for r, i in clips) for clips in held)
-
-
-def _lpt(size: list[list[int]], budget: int) -> Optional[list[list[tuple[int, int]]]]:
-    """Longest-processing-time assignment by s^2 under the token budget; None if a clip fits nowhere."""
-    ranks = len(size)
-    order = sorted(((s * s, r, i) for r, row in enumerate(size) for i, s in enumerate(row)),
-                   key=lambda item: (-item[0], item[1], item[2]))
-    cost, used = [0] * ranks, [0] * ranks
-    held: list[list[tuple[int, int]]] = [[] for _ in range(ranks)]
-    for clip_cost, r, i in order:
-        room = [d for d in range(ranks) if used[d] + size[r][i] <= budget]
-        if not room:
-            return None
-        # Empty ranks first: every rank must keep at least one clip.
-        dest = min(room, key=lambda d: (bool(held[d]), cost[d], d != r, d))
-        held[dest].append((r, i))
-        cost[dest] += clip_cost
-        used[dest] += size[r][i]
-    return held
-
-
-def _best_move(hi, held, size, cost, used, budget, partners):
-    """(lo, clip from hi, clip from lo or None) lowering max(cost[hi], cost[lo]) most, or None."""
-    best, best_peak = None, cost[hi]
-    cheapest = sorted((d for d in range(len(held)) if d != hi), key=lambda d: (cost[d], d))[:partners]
-    for lo in cheapest:
-        for a in held[hi]:
-            sa = size[a[0]][a[1]]
-            options = [None] if len(held[hi]) > 1 else []  # a rank never ends up empty
-            options += held[lo]
-            for b in options:
-                sb = 0 if b is None else size[b[0]][b[1]]
-                if used[lo] - sb + sa > budget or used[hi] - sa + sb > budget:
-                    continue
-                peak = max(cost[hi] - sa * sa + sb * sb, cost[lo] - sb * sb + sa * sa)
-                if peak < best_peak:
-                    best, best_peak = (lo, a, b), peak
-    return best
-
-
-def _apply(hi, lo, a, b, held, size, cost, used) -> None:
-    sa = size[a[0]][a[1]]
-    sb = 0 if b is None else size[b[0]][b[1]]
-    held[hi].remove(a)
-    held[lo].append(a)
-    if b is not None:
-        held[lo].remove(b)
-        held[hi].append(b)
-    cost[hi] += sb * sb - sa * sa
-    cost[lo] += sa * sa - sb * sb
-    used[hi] += sb - sa
-    used[lo] += sa - sb

@@ -3,7 +3,7 @@
 Each rank's loader packs its own clips; a pack of one long clip and a pack of many short ones
 can hold the same tokens yet differ several-fold in attention cost sum(s_i^2), and the slowest
 rank sets the step time. Before each packed micro-batch the ranks share their clip sizes (one
-small all_gather_object), all compute the same plan (litegen.data.packing.balance_clips) and
+small all_gather_object), all compute the same plan (litegen.data.balance.balance_clips) and
 send the clips that change rank with one all_to_all. Clips carry their caption, key and
 metadata, and their text embedding when the dataset has them.
 """
@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from litegen.data.packing import balance_clips
+from litegen.data.balance import balance_clips
 from litegen.parallel.distributed import is_distributed
 
 _PER_CLIP = ("captions", "keys", "meta", "epochs", "sources", "tokens")

@@ -112,6 +112,10 @@ def test_hydra_sweep_through_submitit_slurm(tiny_shards, tmp_path):
     assert len(logs) == 2 and all("world 2 = dp 2" in log.read_text() for log in logs)
 
 
+def job_folders(folder) -> list[str]:
+    return sorted(p.name for p in folder.glob("*") if p.is_dir() and p.name.isdigit()) if folder.is_dir() else []
+
+
 def test_submitit_preemption_signal_checkpoints_before_submitit_requeues(tiny_shards, tmp_path):
     """submitit's own pre-emption signal (USR2): our checkpoint first, then its requeue, then resume."""
     sweep, steps = tmp_path / "sweep", 30
@@ -126,10 +130,11 @@ def test_submitit_preemption_signal_checkpoints_before_submitit_requeues(tiny_sh
                                 stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
-        # submitit's folder per job is named by the Slurm job id (one job: no array suffix).
-        while not list((sweep / ".submitit").glob("[0-9]*")) and time.monotonic() < deadline:
+        # submitit's folder per job is named by the Slurm job id (one job: no array suffix); its
+        # submission pickles (hex uuids, which may start with a digit) sit beside it.
+        while not job_folders(sweep / ".submitit") and time.monotonic() < deadline:
             time.sleep(0.2)
-        job_id = list((sweep / ".submitit").glob("[0-9]*"))[0].name
+        job_id = job_folders(sweep / ".submitit")[0]
         wait_for_metrics(sweep / "0", 2, job_id)
         subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=60)
         wait_for_job(job_id, lambda f: int(f.get("Restarts", 0)) >= 1 and f["JobState"] == "PENDING",
