@@ -83,15 +83,6 @@ def _bucket_problems(cfg: LiteGenConfig) -> Iterator[tuple[str, str]]:
     data, video = cfg.data, cfg.encoders.video
     budgets = [data.token_budget] + [data.token_budget if s.token_budget is None else s.token_budget
                                      for s in data.stages]
-    if any(budgets) and cfg.parallel.sp_ring > 1:
-        # Ulysses gives each rank whole sequences (per head group), so clip boundaries hold as they
-        # are; a ring rank's K/V blocks are chunks that clips straddle.
-        yield "parallel.sp_ring", (f"packed batches (data.token_budget > 0: variable-length attention) run "
-                                   f"under Ulysses sequence parallelism only: ring attention passes K/V chunks "
-                                   f"between ranks and block-diagonal masks across ring steps are not "
-                                   f"implemented; use parallel.sp_ring=1 with parallel.sp_ulysses="
-                                   f"{cfg.parallel.sp_ring * cfg.parallel.sp_ulysses} (it must divide "
-                                   f"model.num_heads={getattr(cfg.model, 'num_heads', '?')}), or set token budgets to 0")
     if any(budgets) and (cfg.model.family != "wan" or cfg.objective.name != "rectified_flow"):
         yield "data.token_budget", (f"packed batches need a model with a packed forward and an objective with "
                                     f"per-clip losses (the Wan family with rectified_flow); got model family "

@@ -1,9 +1,10 @@
 """Clip boundaries of packed sequences (models/attention.Varlen) under sequence parallelism.
 
 SP cuts the packed sequence, padded at its end to equal chunks, into one contiguous chunk per
-rank. Self-attention under Ulysses sees the whole padded sequence again (for a subset of heads),
-so its boundaries stay global with the padding as one more clip; cross-attention runs on the
-local chunk of queries, so its query side is recut for the chunk while the text keys stay whole.
+rank. Self-attention boundaries stay global, with the padding as one more clip: Ulysses sees the
+whole padded sequence again (for a subset of heads), and ring attention turns them into each ring
+step's block of the mask. Cross-attention runs on the local chunk of queries, so its query side
+is recut for the chunk while the text keys stay whole.
 """
 
 import itertools

@@ -10,7 +10,9 @@ home, and dK/dV accumulate in a buffer that travels with their block and returns
 
 Block kernels: PyTorch's fused CPU flash kernel on CPU (tested here), the memory-efficient kernel
 on CUDA (both return the log-sum-exp and have a backward that accepts it). Masks are additive
-biases with a large finite negative value, so fully masked blocks merge with weight 0, not NaN.
+biases with a large finite negative value, so fully masked blocks merge with weight 0, not NaN:
+padded keys (key_valid) or, for packed clips (segments), the keys of other clips, which turns each
+ring step's block into its piece of the block-diagonal mask.
 """
 
 from typing import Optional
@@ -79,20 +81,35 @@ def merge(out: Optional[Tensor], lse: Optional[Tensor], block_out: Tensor,
     return out, new_lse
 
 
-def _owner_bias(key_valid: Optional[Tensor], owner: int, block: int, dtype) -> Optional[Tensor]:
-    """Bias for the key block that started on ring rank `owner`."""
+def segment_bias(segments: Tensor, me: int, owner: int, block: int, dtype: torch.dtype) -> Tensor:
+    """Additive [1, 1, s, s] bias letting query block `me` see key block `owner` only within a clip.
+
+    segments: long [P*s], the clip of every token of the whole (padded) sequence in ring order.
+    A query row whose clip has no key in this block is fully masked here and merges with weight 0;
+    every query sees its own clip (itself at least) in its own block, so no row is masked everywhere.
+    """
+    same = segments[me * block:(me + 1) * block, None] == segments[None, owner * block:(owner + 1) * block]
+    bias = torch.zeros(same.shape, dtype=dtype, device=segments.device)
+    return bias.masked_fill(~same, torch.finfo(dtype).min / 2)[None, None]
+
+
+def _owner_bias(key_valid: Optional[Tensor], segments: Optional[Tensor], me: int, owner: int,
+                block: int, dtype) -> Optional[Tensor]:
+    """Bias for query block `me` against the key block that started on ring rank `owner`."""
+    if segments is not None:
+        return segment_bias(segments, me, owner, block, dtype)
     if key_valid is None:
         return None
     return key_bias(key_valid[:, owner * block:(owner + 1) * block], dtype)
 
 
-def _ring_forward(q: Tensor, k: Tensor, v: Tensor, group, key_valid) -> tuple[Tensor, Tensor]:
+def _ring_forward(q: Tensor, k: Tensor, v: Tensor, group, key_valid, segments) -> tuple[Tensor, Tensor]:
     world, me = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
     kv, out, lse = torch.stack([k, v]), None, None
     for step in range(world):
         if step + 1 < world:
             incoming, requests = comm.ring_exchange(kv, group)  # next block travels during compute
-        bias = _owner_bias(key_valid, (me - step) % world, k.shape[2], q.dtype)
+        bias = _owner_bias(key_valid, segments, me, (me - step) % world, k.shape[2], q.dtype)
         out, lse = merge(out, lse, *block_forward(q, kv[0], kv[1], bias))
         if step + 1 < world:
             comm.wait_all(requests)
@@ -100,7 +117,7 @@ def _ring_forward(q: Tensor, k: Tensor, v: Tensor, group, key_valid) -> tuple[Te
     return out.to(q.dtype), lse
 
 
-def _ring_backward(dout, q, k, v, out, lse, group, key_valid) -> tuple[Tensor, Tensor, Tensor]:
+def _ring_backward(dout, q, k, v, out, lse, group, key_valid, segments) -> tuple[Tensor, Tensor, Tensor]:
     world, me = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
     kv = torch.stack([k, v])
     dq = torch.zeros_like(q, dtype=torch.float32)
@@ -108,7 +125,7 @@ def _ring_backward(dout, q, k, v, out, lse, group, key_valid) -> tuple[Tensor, T
     for step in range(world):
         if step + 1 < world:
             incoming, requests = comm.ring_exchange(kv, group)
-        bias = _owner_bias(key_valid, (me - step) % world, k.shape[2], q.dtype)
+        bias = _owner_bias(key_valid, segments, me, (me - step) % world, k.shape[2], q.dtype)
         dq_j, dk_j, dv_j = block_backward(dout, q, kv[0], kv[1], bias, out, lse)
         dq += dq_j
         dkv[0] += dk_j
@@ -124,28 +141,33 @@ def _ring_backward(dout, q, k, v, out, lse, group, key_valid) -> tuple[Tensor, T
 
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, group, key_valid: Optional[Tensor]) -> Tensor:
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, group, key_valid: Optional[Tensor],
+                segments: Optional[Tensor]) -> Tensor:
         q, k, v = (x.transpose(1, 2).contiguous() for x in (q, k, v))  # kernels want [B, H, S, D]
-        out, lse = _ring_forward(q, k, v, group, key_valid)
+        out, lse = _ring_forward(q, k, v, group, key_valid, segments)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.group, ctx.key_valid = group, key_valid
+        ctx.group, ctx.key_valid, ctx.segments = group, key_valid, segments
         return out.transpose(1, 2)
 
     @staticmethod
     def backward(ctx, dout: Tensor):
         q, k, v, out, lse = ctx.saved_tensors
         dout = dout.transpose(1, 2).contiguous()
-        grads = _ring_backward(dout, q, k, v, out, lse, ctx.group, ctx.key_valid)
-        return (*(g.transpose(1, 2) for g in grads), None, None)
+        grads = _ring_backward(dout, q, k, v, out, lse, ctx.group, ctx.key_valid, ctx.segments)
+        return (*(g.transpose(1, 2) for g in grads), None, None, None)
 
 
-def ring_attention(q: Tensor, k: Tensor, v: Tensor, group,
-                   key_valid: Optional[Tensor] = None) -> Tensor:
+def ring_attention(q: Tensor, k: Tensor, v: Tensor, group, key_valid: Optional[Tensor] = None,
+                   segments: Optional[Tensor] = None) -> Tensor:
     """Attention over a sequence sharded in equal blocks across `group`; [B, s, H, D] -> [B, s, H, D].
 
     key_valid [B, P*s] bool (True = real key) covers the whole sequence in ring-rank order.
+    segments [P*s] long (packed clips, variable-length attention): the clip of each token of the
+    whole sequence in ring-rank order; a query attends only keys of its own clip. One or the other.
     """
-    return _RingAttention.apply(q, k, v, group, key_valid)
+    if key_valid is not None and segments is not None:
+        raise ValueError("ring_attention takes key_valid or segments, not both (make padding its own clip)")
+    return _RingAttention.apply(q, k, v, group, key_valid, segments)
 
 
 def ring_bytes_per_rank(batch: int, local_tokens: int, heads: int, head_dim: int, world: int,

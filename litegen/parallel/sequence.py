@@ -9,7 +9,8 @@ Ulysses, joint text+video cores keep the text whole; cross-attention and FIT's g
 untouched. The stack's per-token output is all-gathered at the end. Layouts a family's cores
 cannot run are refused up front, naming the family, the core kind and why. Packed clips go
 through their own seam (ModelPlan.packed_token_stack) whose clip boundaries are made local to
-the rank's chunk (litegen/parallel/packed.py); they run under Ulysses only.
+the rank's chunk (litegen/parallel/packed.py); under ring and 2D layouts each ring step masks its
+K/V block to the queries' clips (litegen.parallel.ring.segment_bias).
 
 Gradient contract: every rank of an SP group computes the same loss from the gathered output
 (same sample, noise and timestep), so the gather's backward keeps only this rank's slice and each
@@ -124,21 +125,33 @@ class SequenceParallelGroups:
     def attend_packed(self, q: Tensor, k: Tensor, v: Tensor, varlen: Varlen) -> Tensor:
         """Variable-length self-attention of the local chunk: `varlen` spans the whole padded
         sequence (SP padding as its own clip), which is what Ulysses hands each rank per head."""
-        if self.ring_group is not None:
-            # A ring step holds one K/V chunk: clips straddle chunks, so each step would need its
-            # own block of the mask and the merge would have to skip fully masked rows.
-            raise ValueError("packed clips (variable-length attention) run under Ulysses only, "
-                             "not ring attention: use parallel.sp_ring=1")
         padded = self.layout.padded if self.layout is not None else None
         if padded is not None and sum(varlen.q_lens) != padded:
             raise ValueError(f"packed self-attention boundaries cover {sum(varlen.q_lens)} tokens, the "
                              f"sharded sequence {padded}: declare them in TokenStack.varlens as 'self'")
-        return ulysses_attention(q, k, v, self.ulysses_group, lambda q, k, v, _: attention(q, k, v, varlen=varlen))
+        if self.ring_group is None:
+            return ulysses_attention(q, k, v, self.ulysses_group, lambda q, k, v, _: attention(q, k, v, varlen=varlen))
+        # Ring (and 2D after the Ulysses exchange): each ring step masks its K/V block to the clips
+        # its queries belong to, from every token's clip over the whole sequence.
+        segments = varlen_segments(varlen)
+
+        def inner(q, k, v, _):
+            return ring_attention(q, k, v, self.ring_group, segments=segments)
+
+        if self.ulysses_group is None:
+            return inner(q, k, v, None)
+        return ulysses_attention(q, k, v, self.ulysses_group, inner, None)
 
     def _ring_inner(self, q, k, v, key_valid):
         # After the Ulysses exchange a rank holds ring chunk i (Ulysses peers' chunks, in order)
         # for its heads: the ring then runs over ranks that share those heads.
         return ring_attention(q, k, v, self.ring_group, key_valid)
+
+
+def varlen_segments(varlen: Varlen) -> Tensor:
+    """long [S]: the clip of each token of a self-attention Varlen (its q and k sides agree)."""
+    lengths = torch.tensor(varlen.q_lens, device=varlen.cu_seqlens_q.device)
+    return torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
 
 
 def _local_attention(q: Tensor, k: Tensor, v: Tensor, key_valid: Optional[Tensor]) -> Tensor:

@@ -1,7 +1,9 @@
-"""Packed clips under Ulysses sequence parallelism (with FSDP2) on 2 gloo ranks equal one process.
+"""Packed clips under Ulysses and ring sequence parallelism (with FSDP2) on 2 gloo ranks equal one
+process.
 
 The tiny experiment trains 3 steps on the same fixed packs (clips of several shapes, each with
-its own caption and timestep) in one process and under `parallel.sp_ulysses=2`; losses and
+its own caption and timestep) in one process and under `parallel.sp_ulysses=2` and
+`parallel.sp_ring=2`; losses and
 pre-clip gradient norms must agree to rtol 1e-5 in fp32, then every parameter's gradient on a
 fourth pack (gathered from the FSDP2 shards) must equal one process's. The packs cover what SP
 changes: a sequence of odd length (SP pads it), clips straddling the chunk boundary, a clip with
@@ -25,7 +27,8 @@ PACKS = [
     [(12, 1, 4, 6), (12, 2, 4, 4)],  # 6 + 8 = 14: no padding, clip 1 straddles token 7
     [(12, 3, 6, 10), (12, 1, 2, 2)],  # 45 + 1: clip 0 spans both chunks, rank 0 has no query of clip 1
 ]
-SP = ["parallel=fsdp2", "parallel.sp_ulysses=2"]
+LAYOUTS = {"ulysses2": ["parallel=fsdp2", "parallel.sp_ulysses=2"],
+           "ring2": ["parallel=fsdp2", "parallel.sp_ring=2"]}
 
 
 def overrides(shards: str, *extra: str) -> list[str]:
@@ -77,10 +80,10 @@ def trained(run) -> dict:
     return {"records": train_packed(run, STEPS), "grads": full_gradients(run, packed_batch(STEPS))}
 
 
-def sp_worker(shards: str, tmp: str) -> dict:
+def sp_worker(shards: str, tmp: str, layout: str) -> dict:
     from pathlib import Path
 
-    return trained(build(overrides(shards, *SP), Path(tmp) / "ulysses2"))
+    return trained(build(overrides(shards, *LAYOUTS[layout]), Path(tmp) / layout))
 
 
 @pytest.fixture(scope="module")
@@ -91,18 +94,20 @@ def reference(tiny_shards, tmp_path_factory):
                                                         tmp_path_factory.mktemp("reference"))))
 
 
-@pytest.fixture(scope="module")
-def sp_results(tiny_shards, tmp_path_factory):
-    return run_ranks(sp_worker, 2, tiny_shards, str(tmp_path_factory.mktemp("packed_sp")))
+@pytest.fixture(scope="module", params=list(LAYOUTS))
+def sp_results(request, tiny_shards, tmp_path_factory):
+    return request.param, run_ranks(sp_worker, 2, tiny_shards, str(tmp_path_factory.mktemp("packed_sp")),
+                                    request.param)
 
 
-def test_packed_ulysses_losses_match_one_process(reference, sp_results):
-    assert_records_match(sp_results[0]["records"], reference["records"], STEPS, "packed ulysses2")
-    assert sp_results[1]["records"] == sp_results[0]["records"]  # SP peers report the same loss
+def test_packed_sp_losses_match_one_process(reference, sp_results):
+    layout, ranks = sp_results
+    assert_records_match(ranks[0]["records"], reference["records"], STEPS, f"packed {layout}")
+    assert ranks[1]["records"] == ranks[0]["records"]  # SP peers report the same loss
 
 
-def test_packed_ulysses_gradients_match_one_process(reference, sp_results):
-    expected, got = reference["grads"], sp_results[0]["grads"]
+def test_packed_sp_gradients_match_one_process(reference, sp_results):
+    expected, got = reference["grads"], sp_results[1][0]["grads"]
     assert set(got) == set(expected) and len(got) > 10
     # Gradients that are zero up to rounding are measured against 1e-3 of the largest one.
     floor = 1e-3 * max(abs(g).max() for g in expected.values())

@@ -2,8 +2,9 @@
 
 One spawn per world size runs every layout and case; each rank checks its own chunk of the
 output and of the q/k/v gradients against the reference, and counts the bytes it sent. The same
-worlds check the other core kinds' parallel versions: joint text+video attention (every layout)
-and the structured grid cores (Ulysses) against the model's own cores on one process.
+worlds check the other core kinds' parallel versions: joint text+video attention (every layout),
+packed clips' variable-length attention (every layout) and the structured grid cores (Ulysses)
+against the model's own cores on one process.
 """
 
 import pytest
@@ -117,24 +118,48 @@ def joint_case(groups, seq: int, text_masked: bool):
     return errors
 
 
-def grid_case(groups, core):
-    """A structured core under Ulysses: this rank's output and q/k/v grad chunks vs the core."""
+def compare_chunks(groups, q, k, v, dout, reference, parallel) -> list[float]:
+    """reference(q, k, v) on one process vs parallel(split, *this rank's chunks): max |error| of
+    the output and of the q/k/v gradients over this rank's real (unpadded) tokens."""
     from litegen.parallel.sequence import SequenceLayout
-    from litegen.parallel.sp_cores import grid_attention
 
-    seq = GRID[0] * GRID[1] * GRID[2]
-    q, k, v, dout, _ = full_inputs(seq, False)
+    seq = q.shape[1]
     full = [x.clone().requires_grad_() for x in (q, k, v)]
-    expected = core(*full, grid=GRID)
+    expected = reference(*full)
     expected.backward(dout)
     split = SequenceLayout(seq, groups.sp, groups.sp_rank)
     groups.layout = split
     local = [split.shard(x, 1).clone().requires_grad_() for x in (q, k, v)]
-    out = grid_attention(groups, core, *local, grid=GRID)
+    out = parallel(split, *local)
     out.backward(split.shard(dout, 1))
     real = split.shard(torch.ones(1, seq, dtype=torch.bool), 1)[0]
     pairs = [(out.detach(), expected.detach())] + [(x.grad, y.grad) for x, y in zip(local, full)]
     return [(got - split.shard(ref, 1))[:, real].abs().max().item() for got, ref in pairs]
+
+
+def grid_case(groups, core):
+    """A structured core under Ulysses: this rank's output and q/k/v grad chunks vs the core."""
+    from litegen.parallel.sp_cores import grid_attention
+
+    q, k, v, dout, _ = full_inputs(GRID[0] * GRID[1] * GRID[2], False)
+    return compare_chunks(groups, q, k, v, dout, lambda *x: core(*x, grid=GRID),
+                          lambda split, *x: grid_attention(groups, core, *x, grid=GRID))
+
+
+# Packed clips (one sequence, variable-length attention): clip lengths; 13 tokens are padded.
+PACKED_CASES = [("three_clips_odd", (5, 7, 1)), ("straddling", (9, 3, 4)), ("long_middle", (2, 11, 3))]
+
+
+def packed_case(groups, lengths):
+    """Self-attention over packed clips (boundaries straddling the SP chunks) vs the model's
+    variable-length attention on one process."""
+    from litegen.models.attention import Varlen, attention
+    from litegen.parallel.packed import with_padding_clip
+
+    q, k, v, dout, _ = (x[:1] for x in full_inputs(sum(lengths), False))
+    varlen = Varlen.from_lengths(list(lengths), list(lengths))
+    return compare_chunks(groups, q, k, v, dout, lambda *x: attention(*x, varlen=varlen),
+                          lambda split, *x: groups.attend_packed(*x, with_padding_clip(varlen, split.padded)))
 
 
 def grid_cores():
@@ -160,6 +185,8 @@ def worker(world: int):
         for case, seq, text_masked in JOINT_CASES:
             results[(name, "joint_" + case)] = joint_case(groups, seq, text_masked)
         results[(name, "bytes")] = count_case(groups, 16 * world)
+        for case, lengths in PACKED_CASES:
+            results[(name, "packed_" + case)] = packed_case(groups, lengths)
         if ring == 1:
             for core_name, core in grid_cores().items():
                 results[(name, "grid_" + core_name)] = grid_case(groups, core)
@@ -187,6 +214,15 @@ def test_joint_attention_matches_one_process(world_results):
             for case, _, _ in JOINT_CASES:
                 errors = results[(name, "joint_" + case)]
                 assert len(errors) == 8 and max(errors) <= 1e-5, (name, case, rank, errors)
+
+
+def test_packed_clips_match_one_process_under_every_layout(world_results):
+    world, ranks = world_results
+    for rank, results in enumerate(ranks):
+        for name, _, _ in LAYOUTS[world]:
+            for case, _ in PACKED_CASES:
+                errors = results[(name, "packed_" + case)]
+                assert len(errors) == 4 and max(errors) <= 1e-5, (name, case, rank, errors)
 
 
 def test_grid_cores_under_ulysses_match_one_process(world_results):

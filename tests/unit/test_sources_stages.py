@@ -109,15 +109,19 @@ def test_a_stage_matching_no_sample_fails_instead_of_hanging(two_sets):
     (["data.bad_sample=ignore"], "data.bad_sample", "must be one of"),
     (["+data.sources=[{shards:a.tar,weight:0}]"], "data.sources[0].weight", "must be > 0"),
     (["data.pack_fill=1.5"], "data.pack_fill", "(0, 1]"),
-    (["data.token_budget=4096", "parallel.sp_ring=2"], "parallel.sp_ring", "Ulysses sequence parallelism only"),
-    (["data.token_budget=4096", "parallel.sp_ring=2", "parallel.sp_ulysses=2"], "parallel.sp_ring",
-     "use parallel.sp_ring=1 with parallel.sp_ulysses=4"),
+    (["data.token_budget=4096", "experiment=cogvideox_tiny"], "data.token_budget", "the Wan family with rectified_flow"),
 ])
 def test_data_config_mistakes_name_their_field(overrides, field, message):
     with pytest.raises(ConfigError) as err:
         compose(overrides)
     text = str(err.value)
     assert field in text and message in text, text
+
+
+@pytest.mark.parametrize("layout", [["parallel.sp_ring=2"], ["parallel.sp_ring=2", "parallel.sp_ulysses=2"]])
+def test_packing_composes_with_ring_and_2d_sequence_parallelism(layout):
+    cfg = compose(["data.token_budget=4096", *layout])
+    assert cfg.data.token_budget == 4096 and cfg.parallel.sp_ring == 2
 
 
 def test_unit_sequence_rejects_empty_sources():
