@@ -81,6 +81,17 @@ def unpack_clips(tokens: Tensor, layout: PackedLayout, patch: Sequence[int]) -> 
     return [unpatchify(piece, grid, tuple(patch))[0] for piece, grid in zip(pieces, layout.grids)]
 
 
+def per_token(values: Tensor, layout: PackedLayout) -> Tensor:
+    """Per-clip rows [n, ...] -> per-token rows [S, ...] (clip i's row repeated over its tokens).
+
+    Not values[layout.segment_ids]: the backward of that gather accumulates into each clip's row
+    with CPU threads in no fixed order, which made packed runs differ in the last bits from run to
+    run (time-embedding gradients, 2 threads). Expanding each row keeps the backward a plain sum.
+    """
+    rows = [values[i:i + 1].expand(n, *values.shape[1:]) for i, n in enumerate(layout.lengths)]
+    return torch.cat(rows)
+
+
 def per_clip_mean(values: Tensor, layout: PackedLayout) -> Tensor:
     """Mean of per-token values [S] within each clip -> [n]."""
     sums = torch.zeros(len(layout), dtype=values.dtype, device=values.device).index_add_(0, layout.segment_ids, values)

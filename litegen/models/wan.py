@@ -19,7 +19,7 @@ from litegen.models.init import (Writer, init_parameters, normal, norm_value, xa
 from litegen.models.attention import Varlen
 from litegen.models.layers import (CrossAttention, LayerNorm32, SelfAttention, feed_forward,
                                    gated_residual, modulate)
-from litegen.models.packed import PackedLayout
+from litegen.models.packed import PackedLayout, per_token
 from litegen.models.plan import ModelPlan, TokenStack
 from litegen.models.rope import RotaryEmbedding3D, grid_positions
 
@@ -155,9 +155,8 @@ class WanDiT(nn.Module):
         if self.cfg.absolute_pos_embed:
             tokens = tokens + absolute_position_embedding(layout.positions, self.cfg.dim).to(tokens.dtype)
         e, e6 = self.embed_time(t, x.dtype)
-        segment = layout.segment_ids
         ctx = self.text_embedding(context)[context_mask][None]  # real text tokens only, clip after clip
-        out = self.forward_packed_tokens(tokens, rope, e[segment][None], e6[segment][None], ctx,
+        out = self.forward_packed_tokens(tokens, rope, per_token(e, layout)[None], per_token(e6, layout)[None], ctx,
                                          layout.varlen, layout.cross_varlen(context_mask))
         return out.to(x.dtype)
 

@@ -82,14 +82,16 @@ def test_padding_clip_is_invisible_to_real_tokens():
     assert torch.isfinite(out).all()
 
 
-def test_ring_refuses_packed_clips():
-    from litegen.parallel.sequence import SequenceParallelGroups
+def test_segment_bias_masks_each_ring_block_to_the_queries_clips():
+    from litegen.parallel.ring import segment_bias
+    from litegen.parallel.sequence import varlen_segments
 
-    groups = SequenceParallelGroups.__new__(SequenceParallelGroups)  # no process group needed
-    groups.ring_group, groups.ulysses_group, groups.layout = object(), None, None
-    q, k, v = qkv(4, 4)
-    with pytest.raises(ValueError, match="Ulysses only"):
-        groups.attend_packed(q, k, v, Varlen.from_lengths([4], [4]))
+    segments = varlen_segments(Varlen.from_lengths([2, 3, 1], [2, 3, 1]))  # 6 tokens, 2 blocks of 3
+    assert segments.tolist() == [0, 0, 1, 1, 1, 2]
+    bias = segment_bias(segments, me=0, owner=1, block=3, dtype=torch.float32)[0, 0]
+    # Queries of clips 0, 0, 1 against keys of clips 1, 1, 2: only the clip-1 query sees two keys.
+    assert (bias == 0).tolist() == [[False] * 3, [False] * 3, [True, True, False]]
+    assert bias.min() == torch.finfo(torch.float32).min / 2  # finite: a fully masked row merges with weight 0
 
 
 def test_wan_plan_names_a_packed_seam_with_real_arguments():
@@ -101,3 +103,25 @@ def test_wan_plan_names_a_packed_seam_with_real_arguments():
     named = [name for name, _ in spec.sequences] + [name for name, _ in spec.varlens]
     assert set(named) <= set(parameters) and {spec.output, spec.attends} <= set(parameters)
     assert dict(spec.varlens) == {"self_varlen": "self", "cross_varlen": "cross"}
+
+
+def test_per_token_backward_is_reproducible_with_threads():
+    """Per-clip time embeddings spread over a pack's tokens: the gradient must be bitwise equal
+    from run to run with 2 threads (a gather's accumulating backward was not; exact resume needs it)."""
+    from litegen.models.packed import pack_layout, per_token
+
+    layout = pack_layout([(4, 12, 8), (4, 20, 10), (3, 8, 8), (1, 6, 6)])  # 1412 tokens
+    gen = torch.Generator().manual_seed(0)
+    values, grad = torch.randn(4, 6, 96, generator=gen), torch.randn(1412, 6, 96, generator=gen)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(20):
+            x = values.clone().requires_grad_()
+            per_token(x, layout).backward(grad)
+            grads.append(x.grad)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(g, grads[0]) for g in grads)
+    assert torch.allclose(grads[0], torch.stack([grad[layout.segment_ids == i].sum(0) for i in range(4)]), atol=1e-4)
