@@ -27,6 +27,7 @@ import numpy as np
 
 Layout = list[list[int]]  # per rank, indices into the flat list of clip sizes
 
+
 def balance_clips(tokens: Sequence[Sequence[int]], budget: int, search_rounds: int = 16,
                   partners: int = 8, seed: int = 0) -> list[list[tuple[int, int]]]:
     """tokens[r][i]: tokens of clip i of rank r. Returns, per rank, the (rank, index) of the clips

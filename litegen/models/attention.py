@@ -54,13 +54,15 @@ class Varlen:
         """Scores the clips really need: sum(q_i * k_i)."""
         return sum(q * k for q, k in zip(self.q_lens, self.k_lens))
 
+    def query_segment_ids(self) -> Tensor:
+        """long [Sq]: the clip of each query (for self-attention, of each token)."""
+        return _segment_ids(self.cu_seqlens_q, self.cu_seqlens_q.device)
+
     def block_mask(self) -> Tensor:
         """bool [Sq, Sk], True where query and key belong to the same clip (built once, then reused)."""
         if self._mask is None:
-            device = self.cu_seqlens_q.device
-            q_ids = _segment_ids(self.cu_seqlens_q, device)
-            k_ids = _segment_ids(self.cu_seqlens_k, device)
-            self._mask = q_ids[:, None] == k_ids[None, :]
+            k_ids = _segment_ids(self.cu_seqlens_k, self.cu_seqlens_k.device)
+            self._mask = self.query_segment_ids()[:, None] == k_ids[None, :]
         return self._mask
 
 

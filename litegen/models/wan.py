@@ -156,8 +156,8 @@ class WanDiT(nn.Module):
             tokens = tokens + absolute_position_embedding(layout.positions, self.cfg.dim).to(tokens.dtype)
         e, e6 = self.embed_time(t, x.dtype)
         ctx = self.text_embedding(context)[context_mask][None]  # real text tokens only, clip after clip
-        out = self.forward_packed_tokens(tokens, rope, per_token(e, layout)[None], per_token(e6, layout)[None], ctx,
-                                         layout.varlen, layout.cross_varlen(context_mask))
+        e, e6 = per_token(e, layout)[None], per_token(e6, layout)[None]  # each clip's time, per token
+        out = self.forward_packed_tokens(tokens, rope, e, e6, ctx, layout.varlen, layout.cross_varlen(context_mask))
         return out.to(x.dtype)
 
     def forward_packed_tokens(self, tokens: Tensor, rope: Tensor, e: Tensor, e6: Tensor, ctx: Tensor,

@@ -39,17 +39,21 @@ def attempt_prefix() -> str:
     node failed does not count it); there launch/torchrun.sh gives each attempt a fresh store
     instead (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1) and no prefix is used.
     """
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-        return ""
-    if os.environ.get("LOCAL_WORLD_SIZE") != os.environ.get("WORLD_SIZE"):
+    if not _agent_store_shared() or _multi_node():
         return ""
     return f"litegen/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
 
 
+def _agent_store_shared() -> bool:
+    return os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+
+
+def _multi_node() -> bool:
+    return os.environ.get("LOCAL_WORLD_SIZE") != os.environ.get("WORLD_SIZE")
+
+
 def warn_if_restarts_share_store() -> None:
-    multi_node = os.environ.get("LOCAL_WORLD_SIZE") != os.environ.get("WORLD_SIZE")
-    if (os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and multi_node
-            and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0):
+    if _agent_store_shared() and _multi_node() and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
         print("warning: torchrun --max-restarts across nodes with the agent's shared store can "
               "hand a restarted worker a dead worker's address (pytorch#135712); launch with "
               "launch/torchrun.sh or set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for torchrun",

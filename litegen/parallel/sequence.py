@@ -133,7 +133,7 @@ class SequenceParallelGroups:
             return ulysses_attention(q, k, v, self.ulysses_group, lambda q, k, v, _: attention(q, k, v, varlen=varlen))
         # Ring (and 2D after the Ulysses exchange): each ring step masks its K/V block to the clips
         # its queries belong to, from every token's clip over the whole sequence.
-        segments = varlen_segments(varlen)
+        segments = varlen.query_segment_ids()
 
         def inner(q, k, v, _):
             return ring_attention(q, k, v, self.ring_group, segments=segments)
@@ -146,12 +146,6 @@ class SequenceParallelGroups:
         # After the Ulysses exchange a rank holds ring chunk i (Ulysses peers' chunks, in order)
         # for its heads: the ring then runs over ranks that share those heads.
         return ring_attention(q, k, v, self.ring_group, key_valid)
-
-
-def varlen_segments(varlen: Varlen) -> Tensor:
-    """long [S]: the clip of each token of a self-attention Varlen (its q and k sides agree)."""
-    lengths = torch.tensor(varlen.q_lens, device=varlen.cu_seqlens_q.device)
-    return torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
 
 
 def _local_attention(q: Tensor, k: Tensor, v: Tensor, key_valid: Optional[Tensor]) -> Tensor:

@@ -84,9 +84,8 @@ def test_padding_clip_is_invisible_to_real_tokens():
 
 def test_segment_bias_masks_each_ring_block_to_the_queries_clips():
     from litegen.parallel.ring import segment_bias
-    from litegen.parallel.sequence import varlen_segments
 
-    segments = varlen_segments(Varlen.from_lengths([2, 3, 1], [2, 3, 1]))  # 6 tokens, 2 blocks of 3
+    segments = Varlen.from_lengths([2, 3, 1], [2, 3, 1]).query_segment_ids()  # 6 tokens, 2 blocks of 3
     assert segments.tolist() == [0, 0, 1, 1, 1, 2]
     bias = segment_bias(segments, me=0, owner=1, block=3, dtype=torch.float32)[0, 0]
     # Queries of clips 0, 0, 1 against keys of clips 1, 1, 2: only the clip-1 query sees two keys.
